@@ -1,0 +1,24 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv if needed, then run the main job on an embedded default
+#   make test   set up .venv if needed, then lint and run the test suite
+PY := .venv/bin/python
+
+.PHONY: setup test lint demo bench clean
+setup:
+	@bash scripts/setup.sh
+
+lint: setup
+	$(PY) -m ruff check davss_ros test launch scripts setup.py
+
+test: setup
+	$(PY) -m ruff check davss_ros test launch scripts setup.py
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m davss_ros.cli demo
+
+bench: setup
+	$(PY) -m davss_ros.cli bench
+
+clean:
+	rm -rf build out .pytest_cache .ruff_cache

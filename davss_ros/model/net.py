@@ -1,0 +1,55 @@
+"""The DAVSS networks of one configuration, held together for checkpoints and devices."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import ModelConfig
+from .cfnet import CFNet
+from .dmnet import DMNet
+from .flownet import FlowNetS, build_flownet
+from .fusion import AccelFusion
+from .segmenter import DeepLabV3Plus, build_segmenter
+
+
+class DavssNet(nn.Module):
+    """Container of the networks; the pipeline decides which run on a frame.
+
+    - ``segmenter``: DeepLabv3+ Net_seg for key frames.
+    - ``flownet``: FlowNet-S when the flow provider is ``learned``, else None (DIS flow).
+    - ``dmnet``: the distortion-map network.
+    - ``cfnet``: the DAVSS correction branch (correction_cue).
+    - ``accel_cfnet`` and ``accel_fusion``: the Accel baseline's current-frame branch and its
+      learned 1x1 fusion.
+    """
+
+    def __init__(self, config: ModelConfig, *, segmenter: DeepLabV3Plus,
+                 flownet: FlowNetS | None, dmnet: DMNet, cfnet: CFNet, accel_cfnet: CFNet,
+                 accel_fusion: AccelFusion) -> None:
+        super().__init__()
+        self.config = config
+        self.segmenter = segmenter
+        self.flownet = flownet
+        self.dmnet = dmnet
+        self.cfnet = cfnet
+        self.accel_cfnet = accel_cfnet
+        self.accel_fusion = accel_fusion
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("DavssNet holds the networks; run them through "
+                                  "davss_ros.pipeline.VideoSegmenter or one by one")
+
+
+def build_davss_net(cfg: ModelConfig) -> DavssNet:
+    """All networks of ``cfg`` with fresh weights."""
+    if cfg.flow.provider not in ("dis", "learned"):
+        raise ValueError(f"flow.provider must be dis or learned, got {cfg.flow.provider!r}")
+    return DavssNet(
+        cfg,
+        segmenter=build_segmenter(cfg.segmenter, num_classes=cfg.num_classes),
+        flownet=build_flownet(cfg.flow) if cfg.flow.provider == "learned" else None,
+        dmnet=DMNet(channels=cfg.dmnet.channels),
+        cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
+        accel_cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
+        accel_fusion=AccelFusion(cfg.num_classes),
+    )

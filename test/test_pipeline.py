@@ -1,0 +1,170 @@
+"""VideoSegmenter: scheduling, propagation, modes and input handling on tiny real models."""
+
+import numpy as np
+import pytest
+import torch
+
+from davss_ros.config import load_config
+from davss_ros.model import warp
+from davss_ros.pipeline import VideoSegmenter
+
+H, W = 64, 128
+
+
+def make(mode="davss", **schedule):
+    cfg = load_config({
+        "model": {"mode": mode, "input_height": H, "input_width": W,
+                  "segmenter": {"aspp_channels": 16, "decoder_channels": 16}},
+        "schedule": {"policy": "fixed", "key_interval": 3, **schedule}})
+    return VideoSegmenter(cfg, device="cpu")
+
+
+def textured(seed=0, h=H, w=W):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def shifted(img, dx):
+    return np.roll(img, dx, axis=1)
+
+
+def test_fixed_schedule_gives_keys_every_interval_with_reasons():
+    seg = make(key_interval=3)
+    base = textured()
+    results = [seg.step(shifted(base, i)) for i in range(7)]
+    assert [r.is_key for r in results] == [True, False, False, True, False, False, True]
+    assert [r.key_reason for r in results][:4] == ["first_frame", "", "", "interval"]
+    assert [r.propagation_distance for r in results] == [0, 1, 2, 0, 1, 2, 0]
+    assert [r.frame_index for r in results] == list(range(7))
+
+
+@pytest.mark.parametrize("mode", ["per_frame", "dff", "accel", "davss"])
+def test_every_mode_gives_labels_at_the_input_resolution(mode):
+    seg = make(mode)
+    for i in range(3):
+        r = seg.step(textured(i, 50, 70))
+        assert r.labels.shape == (50, 70) and r.labels.dtype == np.uint8
+        assert r.labels.max() < seg.num_classes
+        assert r.distortion.shape == (50, 70) and r.distortion.dtype == np.float32
+        assert 0.0 <= r.distortion.min() <= r.distortion.max() <= 1.0
+    if mode == "per_frame":
+        assert r.is_key and r.key_reason == "per_frame_mode"
+
+
+def test_static_scene_propagates_the_key_frame_labels_unchanged():
+    # Identical frames: flow 0, warped image == current, distortion 0, so DAVSS's output
+    # is the propagated key-frame prediction itself.
+    seg = make("davss", key_interval=10)
+    img = textured()
+    key = seg.step(img)
+    for _ in range(3):
+        r = seg.step(img)
+        assert not r.is_key
+        assert r.distortion_mean < 1e-3
+        np.testing.assert_array_equal(r.labels, key.labels)
+
+
+def test_davss_output_follows_the_fusion_equation():
+    seg = make("davss", key_interval=10)
+    base = textured()
+    seg.step(base)
+    prev_x, prop = seg._prev_x, seg._prop_logits
+    cur = shifted(base, 4)
+    r = seg.step(cur)
+    x = seg._to_tensor(cur)
+    with torch.no_grad():
+        flow = seg.flow(x, prev_x)
+        warped = warp(prop, flow)
+        m = seg.net.dmnet(warp(torch.nn.functional.avg_pool2d(prev_x, 4), flow),
+                          torch.nn.functional.avg_pool2d(x, 4))
+        expected = warped * (1 - m) + seg.net.cfnet(x) * m
+    # the raw warped logits are what gets propagated (the authors' choice)
+    torch.testing.assert_close(seg._prop_logits, warped)
+    up = torch.nn.functional.interpolate(expected, size=(H, W), mode="bilinear")
+    np.testing.assert_array_equal(r.labels, up.argmax(1)[0].to(torch.uint8).numpy())
+    assert r.distortion_mean == pytest.approx(float(m.mean()), abs=1e-6)
+
+
+def test_propagate_corrected_option_propagates_the_fused_logits():
+    cfg = load_config({"model": {"mode": "davss", "input_height": H, "input_width": W,
+                                 "propagate_corrected": True},
+                       "schedule": {"key_interval": 10}})
+    seg = VideoSegmenter(cfg, device="cpu")
+    base = textured()
+    seg.step(base)
+    before = seg._prop_logits.clone()
+    seg.step(shifted(base, 4))
+    x = seg._to_tensor(shifted(base, 4))
+    with torch.no_grad():
+        flow = seg.flow(x, seg._to_tensor(base))
+        warped = warp(before, flow)
+    assert not torch.allclose(seg._prop_logits, warped)
+
+
+def test_reset_stamp_jump_and_resolution_change_force_key_frames():
+    seg = make(key_interval=10)
+    img = textured()
+    seg.step(img, stamp=1.0)
+    assert not seg.step(img, stamp=1.1).is_key
+    seg.reset()
+    r = seg.step(img, stamp=1.2)
+    assert r.is_key and r.key_reason == "reset"
+    r = seg.step(img, stamp=0.5)
+    assert r.is_key and r.key_reason == "stamp_backwards"
+    r = seg.step(textured(1, 80, 100), stamp=0.6)
+    assert r.is_key and r.key_reason == "resolution_change"
+    assert r.labels.shape == (80, 100)
+
+
+def test_nonfinite_output_is_flagged_and_the_next_frame_is_key():
+    seg = make(key_interval=10)
+    img = textured()
+    seg.step(img)
+    with torch.no_grad():
+        seg.net.cfnet.parameters().__next__().fill_(float("nan"))
+    r = seg.step(shifted(img, 2))
+    assert not r.valid and (r.labels == 255).all()
+    r = seg.step(shifted(img, 4))
+    assert r.is_key and r.key_reason == "nonfinite_output" and r.valid
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((10, 10), np.uint8), np.zeros((10, 10, 4), np.uint8),
+    np.zeros((10, 10, 3), np.float32), [[1, 2, 3]],
+])
+def test_bad_images_raise_a_clear_value_error(bad):
+    seg = make()
+    with pytest.raises(ValueError, match="expected"):
+        seg.step(bad)
+
+
+def test_adaptive_schedule_makes_a_key_frame_when_distortion_is_high():
+    # threshold 0: any measured distortion on a moving scene exceeds it
+    seg = make("davss", policy="adaptive", threshold=0.0, max_interval=50)
+    base = textured()
+    seg.step(base)
+    r = seg.step(shifted(base, 7))
+    assert r.is_key and r.key_reason == "distortion"
+
+
+def test_timings_cover_the_stages_that_ran():
+    seg = make("davss", key_interval=2)
+    base = textured()
+    key, nonkey = seg.step(base), seg.step(shifted(base, 2))
+    assert key.timings_ms["segmenter"] > 0 and key.timings_ms["cfnet"] == 0
+    for stage in ("flow", "warp", "dmnet", "cfnet", "fuse"):
+        assert nonkey.timings_ms[stage] > 0
+    assert nonkey.timings_ms["segmenter"] == 0
+    assert nonkey.timings_ms["total"] >= sum(
+        nonkey.timings_ms[s] for s in ("flow", "warp", "dmnet", "cfnet")) * 0.99
+
+
+def test_set_schedule_changes_the_interval_live():
+    from davss_ros.config import ScheduleConfig
+
+    seg = make(key_interval=10)
+    img = textured()
+    seg.step(img)
+    seg.set_schedule(ScheduleConfig(policy="fixed", key_interval=2))
+    assert seg.step(img).is_key is False
+    assert seg.step(img).is_key is True

@@ -25,6 +25,11 @@ inputs_hash() {
     | sha256sum | cut -c1-16
 }
 want=$(inputs_hash)
+# An explicitly chosen interpreter is checked even when .venv is current.
+if [ -n "${PYTHON:-}" ]; then
+  v=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "?")
+  [ "$v" = "3.11" ] || die "davss_ros needs CPython 3.11 (the ROS 2 Kilted wheels are cp311 only), but PYTHON='$PYTHON' is Python $v"
+fi
 if [ $force = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
   say ".venv is up to date"
   exit 0

@@ -128,6 +128,9 @@ class DavssConfig:
             raise ValueError(f"schedule.key_interval must be >= 1, got {s.key_interval}")
         if s.max_interval < 1:
             raise ValueError(f"schedule.max_interval must be >= 1, got {s.max_interval}")
+        if s.scene_cut_factor <= 0 or s.scene_cut_min_error < 0:
+            raise ValueError("schedule.scene_cut_factor must be > 0 and "
+                             "schedule.scene_cut_min_error >= 0")
         if not 0.0 <= s.threshold <= 1.0:
             raise ValueError(f"schedule.threshold must be in [0, 1], got {s.threshold}")
         for name, value in (("model.segmenter.width_mult", m.segmenter.width_mult),

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights
 from .classes import IGNORE_ID, default_class_names, default_palette
 from .config import DavssConfig, ModelConfig, ScheduleConfig, load_config
-from .model import build_davss_net, build_flow, warp
+from .model import build_davss_net, build_flow, fold_batchnorm, warp
 from .schedule import KeyFrameScheduler, photometric_error
 
 STAGES = ("flow", "warp", "dmnet", "cfnet", "fuse", "segmenter", "total")
@@ -135,6 +135,8 @@ class VideoSegmenter:
                 raise CheckpointError(f"{self.checkpoint.path}: {msg}")
             raise ValueError(msg)
         self.net.to(self.device).eval()
+        # Inference only: BatchNorm folded into the preceding convs (same outputs, faster).
+        fold_batchnorm(self.net)
         self.flow = build_flow(cfg.model.flow, flownet=self.net.flownet)
         self.scheduler = KeyFrameScheduler(cfg.schedule)
         self._frame_index = 0

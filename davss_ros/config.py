@@ -120,8 +120,9 @@ class DavssConfig:
             )
         for name, value in (("model.input_height", m.input_height),
                             ("model.input_width", m.input_width)):
-            if value < 32 or value % 32:
-                raise ValueError(f"{name} must be a multiple of 32 and >= 32, got {value}")
+            # FlowNet-S and CFNet downsample 64x (six stride-2 stages).
+            if value < 64 or value % 64:
+                raise ValueError(f"{name} must be a multiple of 64 and >= 64, got {value}")
         if not 1 <= m.num_classes <= 255:
             raise ValueError(f"model.num_classes must be in [1, 255], got {m.num_classes}")
         if s.key_interval < 1:

@@ -1,0 +1,200 @@
+"""``davss eval``: the paper's PDA evaluation (mIoU of the annotated frame per distance d).
+
+    davss eval --dataset synthetic --root data/synthetic --split val --json pda.json \\
+        --plot pda.png
+    davss eval --dataset cityscapes --root /data/cityscapes --checkpoint model.pt \\
+        --modes davss,dff --distances 1,5,9 --limit 50
+
+Prints a table (rows: modes; columns: d and the mean over d; mIoU in percent) and writes the
+numbers as JSON (``--json``) and the PDA curve as PNG (``--plot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from davss_ros.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from davss_ros.config import MODES, load_config
+
+from .pda import DISTANCES, build_segmenters, evaluate_pda, results_as_json, untrained_checkpoint
+
+DATASETS = ("synthetic", "cityscapes", "camvid")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint to evaluate (default: the one shipped with davss_ros)")
+    parser.add_argument("--untrained", action="store_true",
+                        help="evaluate untrained weights of --config (tests, plumbing checks)")
+    parser.add_argument("--config", default=None,
+                        help="with --untrained: preset or YAML of the model (default: cpu)")
+    parser.add_argument("--dataset", choices=DATASETS, default="synthetic",
+                        help="data layout: synthetic and cityscapes share the Cityscapes "
+                             "sequence layout (default: %(default)s)")
+    parser.add_argument("--root", type=Path, required=True, help="data set root folder")
+    parser.add_argument("--split", default="val", help="default: %(default)s")
+    parser.add_argument("--modes", default=",".join(MODES), help="default: %(default)s")
+    parser.add_argument("--distances", default=",".join(map(str, DISTANCES)),
+                        help="propagation distances d, e.g. 1,5,9 or 1-9 (default: 1-9)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N snippets")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--input-height", type=int, default=None,
+                        help="network input height (default: the checkpoint's)")
+    parser.add_argument("--input-width", type=int, default=None,
+                        help="network input width (default: the checkpoint's)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--plot", type=Path, default=None, help="write the PDA curve (PNG)")
+    parser.add_argument("--resize-frames", action="store_true",
+                        help="camvid: resize video frames to the label size on load")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        modes = _parse_modes(args.modes)
+        distances = parse_distances(args.distances)
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        input_size = _input_size(args.input_height, args.input_width)
+        checkpoint, checkpoint_name = _checkpoint(args)
+        dataset = open_dataset(args.dataset, args.root, args.split,
+                               max_distance=max(distances), resize_frames=args.resize_frames)
+        if len(dataset) == 0:
+            raise ValueError(f"no annotated snippets in {args.root} split {args.split!r}")
+        segmenters = build_segmenters(checkpoint, modes, input_size=input_size,
+                                      device=args.device)
+    except (CheckpointError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"davss eval: error: {exc}", file=sys.stderr)
+        return 2
+
+    first = next(iter(segmenters.values()))
+    model = first.config.model
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    print(f"davss eval: {args.dataset} {args.split} ({count} snippets), {checkpoint_name}, "
+          f"input {model.input_height}x{model.input_width}, device {first.device}")
+    t0 = time.perf_counter()
+    try:
+        results = evaluate_pda(segmenters, dataset, distances=distances, limit=args.limit,
+                               progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, IndexError) as exc:  # a snippet the data lacks
+        print(f"davss eval: error: {exc}", file=sys.stderr)
+        return 2
+    report = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "checkpoint": checkpoint_name,
+        "units": "percent",
+        "root": str(args.root),
+        "distances": list(distances),
+        "input_height": model.input_height,
+        "input_width": model.input_width,
+        "device": str(first.device),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "class_names": list(first.class_names),
+        "results": results_as_json(results, first.class_names),
+    }
+    print(format_table(report))
+    for row in report["results"]:
+        if row["distance_mismatches"] or row["invalid_outputs"]:
+            print(f"warning: {row['mode']}: {row['distance_mismatches']} runs off their "
+                  f"distance, {row['invalid_outputs']} non-finite outputs", file=sys.stderr)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        from .plots import plot_pda
+
+        plot_pda(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def open_dataset(kind: str, root: Path, split: str, *, max_distance: int = 9,
+                 resize_frames: bool = False):
+    """The snippet loader for a data set kind (synthetic data uses the Cityscapes layout)."""
+    if kind not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {kind!r}")
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"data set root {root} is not a folder")
+    if kind == "camvid":
+        from davss_ros.data.camvid import CamVidSequences
+
+        return CamVidSequences(root, split, max_distance=max_distance,
+                               resize_frames=resize_frames)
+    from davss_ros.data.cityscapes import CityscapesSequences
+
+    return CityscapesSequences(root, split)
+
+
+def parse_distances(text: str) -> list[int]:
+    """'1,5,9', '1-9' or a mix ('1-3,9') -> sorted distinct ints."""
+    out: set[int] = set()
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            if "-" in item:
+                lo, hi = (int(v) for v in item.split("-", 1))
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(item))
+        except ValueError:
+            raise ValueError(f"--distances: cannot read {item!r} (expected e.g. 1,5,9 or "
+                             "1-9)") from None
+    if not out or min(out) < 1:
+        raise ValueError(f"--distances must name distances >= 1, got {text!r}")
+    return sorted(out)
+
+
+def format_table(report: dict) -> str:
+    """Rows: modes; columns: mIoU (%) at each d and the mean over d."""
+    ds = [str(d) for d in report["distances"]]
+    head = f"{'mIoU (%)':<10}" + "".join(f"{'d=' + d:>8}" for d in ds) + f"{'mean':>8}"
+    lines = [head, "-" * len(head)]
+    for row in report["results"]:
+        cells = [row["miou"][d] for d in ds] + [row["mean_miou"]]
+        lines.append(f"{row['mode']:<10}" + "".join(
+            f"{'-' if v is None else f'{v:.2f}':>8}" for v in cells))
+    return "\n".join(lines)
+
+
+def _parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in str(text).split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"--modes must be some of {', '.join(MODES)}; got {text!r}")
+    return list(dict.fromkeys(modes))
+
+
+def _input_size(height: int | None, width: int | None) -> tuple[int, int] | None:
+    if height is None and width is None:
+        return None
+    if height is None or width is None:
+        raise ValueError("give both --input-height and --input-width, or neither")
+    return height, width
+
+
+def _checkpoint(args: argparse.Namespace) -> tuple[Checkpoint, str]:
+    """The weights to evaluate and how the report names them."""
+    if args.untrained:
+        if args.checkpoint is not None:
+            raise ValueError("--untrained and --checkpoint exclude each other")
+        return untrained_checkpoint(load_config(args.config or "cpu")), "untrained"
+    if args.config is not None:
+        raise ValueError("--config applies to --untrained only (a checkpoint carries its own "
+                         "configuration; --input-height/--input-width change its input size)")
+    path = args.checkpoint
+    if path is None:
+        from davss_ros.weights import default_checkpoint
+
+        path = default_checkpoint()
+        if path is None:
+            raise ValueError("this install ships no trained checkpoint: pass --checkpoint "
+                             "PATH, or --untrained to evaluate untrained weights")
+    return load_checkpoint(path), str(path)

@@ -1,0 +1,240 @@
+"""Parameters of the davss_segmenter node: declaration, validation and reading.
+
+Each parameter is declared with a descriptor (description, range, read-only flag) and a
+rule saying when a new value takes effect:
+
+- ``live``: at once, also while active (key-frame schedule, output switches, overlay alpha);
+- ``configure``: at the next configure transition (the model is built there);
+- ``startup``: read-only, fixed when the node starts (QoS, autostart), as ROS 2 QoS
+  overrides are.
+
+``validate`` is the single check used both when a value is set at runtime (the node
+refuses it with the reason) and when configure reads the values the node was started with.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+)
+from rclpy.node import Node
+
+from davss_ros.config import (
+    DIS_PRESETS,
+    DISTORTION_METRICS,
+    FLOW_PROVIDERS,
+    MODES,
+    POLICIES,
+    ScheduleConfig,
+)
+
+RELIABILITIES = ("best_effort", "reliable")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Spec:
+    default: Any
+    description: str
+    applies: str = "configure"  # live | configure | startup
+    choices: tuple[str, ...] | None = None
+    int_range: tuple[int, int, int] | None = None  # from, to, step (0 = any)
+    float_range: tuple[float, float] | None = None
+
+
+_S = ScheduleConfig()
+
+SPECS: dict[str, Spec] = {
+    "model.checkpoint": Spec(
+        "", "Path of a DAVSS checkpoint (.pt). Empty: untrained random weights, outputs "
+        "are meaningless (a warning is logged)."),
+    "model.config": Spec(
+        "cpu", "Model configuration: a preset name (cpu, paper) or a YAML file. With a "
+        "checkpoint the checkpoint's own architecture is used; see the other model.* "
+        "parameters for what may be overridden."),
+    "model.device": Spec(
+        "auto", "Torch device: auto (CUDA when available), cpu, cuda or cuda:N."),
+    "model.mode": Spec(
+        "davss", "Pipeline mode: per_frame (segment every frame), dff (warp only), accel "
+        "(warp + correction), davss (warp + distortion-aware correction).", choices=MODES),
+    "flow.provider": Spec(
+        "dis", "Optical flow between frames: dis (OpenCV DIS, CPU) or learned (FlowNet).",
+        choices=FLOW_PROVIDERS),
+    "flow.dis_preset": Spec(
+        "fast", "DIS flow preset when flow.provider is dis.", choices=DIS_PRESETS),
+    "schedule.policy": Spec(
+        _S.policy, "Key-frame policy: fixed (every key_interval frames) or adaptive (when "
+        "the distortion exceeds threshold, at most max_interval apart).",
+        applies="live", choices=POLICIES),
+    "schedule.key_interval": Spec(
+        _S.key_interval, "Fixed policy: a key frame every key_interval frames.",
+        applies="live", int_range=(1, 100, 1)),
+    "schedule.threshold": Spec(
+        _S.threshold, "Adaptive policy: distortion level (see schedule.metric) that "
+        "triggers a key frame.", applies="live", float_range=(0.0, 1.0)),
+    "schedule.metric": Spec(
+        _S.metric, "Adaptive policy: mean (mean of the distortion map) or ratio (share of "
+        "pixels above 0.5).", applies="live", choices=DISTORTION_METRICS),
+    "schedule.max_interval": Spec(
+        _S.max_interval, "Adaptive policy: the longest run of non-key frames.",
+        applies="live", int_range=(1, 1000, 1)),
+    "input.width": Spec(
+        0, "Network input width in pixels: 0 = the model's default, else a multiple of 64. "
+        "Outputs always have the input image's size.", int_range=(0, 4096, 64)),
+    "input.height": Spec(
+        0, "Network input height in pixels: 0 = the model's default, else a multiple of 64.",
+        int_range=(0, 4096, 64)),
+    "output.labels": Spec(
+        True, "Publish ~/labels (mono8 trainIds, 255 = ignore).", applies="live"),
+    "output.labels_color": Spec(
+        True, "Publish ~/labels_color (rgb8 palette image) while it has subscribers.",
+        applies="live"),
+    "output.overlay": Spec(
+        True, "Publish ~/overlay (input blended with the colours) while it has subscribers.",
+        applies="live"),
+    "output.distortion": Spec(
+        True, "Publish ~/distortion (32FC1 distortion map in [0, 1]) while it has "
+        "subscribers.", applies="live"),
+    "overlay.alpha": Spec(
+        0.5, "Weight of the label colours in ~/overlay (0 = input only, 1 = colours only).",
+        applies="live", float_range=(0.0, 1.0)),
+    "qos.reliability": Spec(
+        "best_effort", "Reliability of the image subscription: best_effort (sensor data, "
+        "accepts every publisher) or reliable (needs a reliable publisher).",
+        applies="startup", choices=RELIABILITIES),
+    "qos.output_reliability": Spec(
+        "reliable", "Reliability of the published outputs.", applies="startup",
+        choices=RELIABILITIES),
+    "autostart": Spec(
+        True, "Configure and activate on start-up (false when a launch file or a lifecycle "
+        "manager drives the transitions).", applies="startup"),
+}
+
+SCHEDULE_PARAMS = tuple(n for n in SPECS if n.startswith("schedule."))
+
+
+def descriptor(name: str) -> ParameterDescriptor:
+    spec = SPECS[name]
+    desc = ParameterDescriptor(
+        name=name, description=spec.description, read_only=spec.applies == "startup")
+    constraints = []
+    if spec.choices:
+        constraints.append("one of " + ", ".join(spec.choices))
+    if spec.int_range:
+        lo, hi, step = spec.int_range
+        desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=step)]
+    if spec.float_range:
+        lo, hi = spec.float_range
+        desc.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
+    if name == "model.device":
+        constraints.append("auto, cpu, cuda or cuda:N")
+    if spec.applies == "configure":
+        constraints.append("takes effect at the next configure")
+    elif spec.applies == "live":
+        constraints.append("takes effect immediately")
+    desc.additional_constraints = "; ".join(constraints)
+    return desc
+
+
+def declare(node: Node) -> None:
+    for name, spec in SPECS.items():
+        node.declare_parameter(name, spec.default, descriptor(name))
+
+
+def validate(name: str, value: Any) -> str | None:
+    """None when ``value`` is allowed for ``name``, else the reason it is not."""
+    spec = SPECS.get(name)
+    if spec is None:
+        return None  # use_sim_time and other parameters rclpy owns
+    expected = type(spec.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        return f"{name} must be a {expected.__name__}, got {value!r}"
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
+    if spec.int_range:
+        lo, hi, step = spec.int_range
+        if not lo <= value <= hi or (step > 1 and (value - lo) % step):
+            extra = f" in steps of {step}" if step > 1 else ""
+            return f"{name} must be in [{lo}, {hi}]{extra}; got {value}"
+    if spec.float_range:
+        lo, hi = spec.float_range
+        if not lo <= value <= hi:
+            return f"{name} must be in [{lo}, {hi}]; got {value}"
+    if name == "model.device" and not _DEVICE.match(value):
+        return f"model.device must be auto, cpu, cuda or cuda:N; got {value!r}"
+    if name == "model.config" and not value:
+        return "model.config must name a preset (cpu, paper) or a YAML file"
+    return None
+
+
+@dataclass
+class NodeParams:
+    """A snapshot of the node's parameters, validated."""
+
+    checkpoint: str
+    config: str
+    device: str
+    mode: str
+    flow_provider: str
+    dis_preset: str
+    schedule: ScheduleConfig
+    input_width: int
+    input_height: int
+    output_labels: bool
+    output_labels_color: bool
+    output_overlay: bool
+    output_distortion: bool
+    overlay_alpha: float
+    reliability: str
+    output_reliability: str
+    autostart: bool
+
+
+def read(node: Node) -> NodeParams:
+    """Read and validate every parameter; ValueError with the first reason on a bad one."""
+    values = {name: node.get_parameter(name).value for name in SPECS}
+    for name, value in values.items():
+        reason = validate(name, value)
+        if reason:
+            raise ValueError(reason)
+    return NodeParams(
+        checkpoint=values["model.checkpoint"],
+        config=values["model.config"],
+        device=values["model.device"],
+        mode=values["model.mode"],
+        flow_provider=values["flow.provider"],
+        dis_preset=values["flow.dis_preset"],
+        schedule=schedule_from(values),
+        input_width=values["input.width"],
+        input_height=values["input.height"],
+        output_labels=values["output.labels"],
+        output_labels_color=values["output.labels_color"],
+        output_overlay=values["output.overlay"],
+        output_distortion=values["output.distortion"],
+        overlay_alpha=float(values["overlay.alpha"]),
+        reliability=values["qos.reliability"],
+        output_reliability=values["qos.output_reliability"],
+        autostart=values["autostart"],
+    )
+
+
+def schedule_from(values: dict[str, Any], base: ScheduleConfig | None = None) -> ScheduleConfig:
+    """A ScheduleConfig from ``schedule.*`` values (missing ones from ``base``)."""
+    base = base or ScheduleConfig()
+    return ScheduleConfig(
+        policy=values.get("schedule.policy", base.policy),
+        key_interval=int(values.get("schedule.key_interval", base.key_interval)),
+        threshold=float(values.get("schedule.threshold", base.threshold)),
+        metric=values.get("schedule.metric", base.metric),
+        max_interval=int(values.get("schedule.max_interval", base.max_interval)),
+        scene_cut_factor=base.scene_cut_factor,
+        scene_cut_min_error=base.scene_cut_min_error,
+    )

@@ -1,0 +1,712 @@
+"""The davss_segmenter lifecycle node over real rclpy + FastDDS, with a real (tiny) model.
+
+The node runs in its own rclpy Context; a "camera" node in a second Context (a second DDS
+participant, so messages really cross the middleware) publishes frames and records what
+comes back. Frames are sent closed-loop (the next one after the previous output arrived),
+so nothing is dropped and key-frame patterns are deterministic.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="the ROS 2 Python client library is not installed")
+pytest.importorskip("davss_msgs", reason="davss_msgs is not built into this environment")
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from lifecycle_msgs.srv import GetState  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from davss_msgs.msg import FrameInfo, LabelInfo  # noqa: E402
+from davss_ros.ros.image import numpy_to_image  # noqa: E402
+from davss_ros.ros.node import SegmenterNode, ros_arguments  # noqa: E402
+
+SUCCESS = TransitionCallbackReturn.SUCCESS
+FAILURE = TransitionCallbackReturn.FAILURE
+H, W = 64, 128  # camera frames; also the network input
+TIMEOUT = 20.0
+
+# A small network so each frame costs a few milliseconds on a shared CPU.
+SMALL_MODEL_YAML = """\
+preset: cpu
+model:
+  segmenter:
+    aspp_channels: 16
+    decoder_channels: 16
+"""
+
+
+def _domain_id() -> int:
+    # Unique per test process, so parallel runs do not see each other's topics.
+    return 1 + (os.getpid() * 7919) % 200
+
+
+class Probe:
+    """A camera + recorder node in its own Context, spinning in a background thread."""
+
+    def __init__(self, domain_id: int, ns: str = "") -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("davss_test_probe", context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor.add_node(self.node)
+        self.cond = threading.Condition()
+        self.got: dict[str, list] = {}
+        self.subs: dict[str, object] = {}
+        self.pubs: dict[str, object] = {}
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def listen(self, topic: str, msg_type, qos=None) -> None:
+        qos = qos or QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.got.setdefault(topic, [])
+
+        def store(msg, topic=topic):
+            with self.cond:
+                self.got[topic].append(msg)
+                self.cond.notify_all()
+
+        self.subs[topic] = self.node.create_subscription(msg_type, topic, store, qos)
+
+    def publisher(self, topic: str):
+        if topic not in self.pubs:
+            self.pubs[topic] = self.node.create_publisher(Image, topic, 10)  # reliable
+        return self.pubs[topic]
+
+    def wait(self, predicate, timeout: float = TIMEOUT) -> bool:
+        with self.cond:
+            return self.cond.wait_for(predicate, timeout=timeout)
+
+    def messages(self, topic: str) -> list:
+        with self.cond:
+            return list(self.got.get(topic, []))
+
+    def clear(self) -> None:
+        with self.cond:
+            for v in self.got.values():
+                v.clear()
+
+    def wait_matched(self, topics_in: list[str], topics_out: list[str],
+                     timeout: float = TIMEOUT) -> None:
+        """Until every publisher here sees a subscriber and every listener a publisher."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.publisher(t).get_subscription_count() > 0 for t in topics_in) and all(
+                    self.subs[t].get_publisher_count() > 0 for t in topics_out):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no match on {topics_in} / {topics_out} within {timeout} s")
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(5.0)
+
+
+class Segmenter:
+    """A SegmenterNode in its own Context with its own executor thread."""
+
+    def __init__(self, domain_id: int, overrides: dict, namespace: str = "") -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.nodes: list[SegmenterNode] = []
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.add(overrides, namespace)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def add(self, overrides: dict, namespace: str = "") -> SegmenterNode:
+        node = SegmenterNode(
+            context=self.context, namespace=namespace,
+            parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        self.executor.add_node(node)
+        self.nodes.append(node)
+        return node
+
+    @property
+    def node(self) -> SegmenterNode:
+        return self.nodes[0]
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        self.executor.shutdown(timeout_sec=2.0)
+        for node in self.nodes:
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(5.0)
+
+
+def frame(i: int, encoding: str = "rgb8", frame_id: str = "camera") -> Image:
+    """A textured frame drifting one pixel per index, stamped 1000 + i/10 s."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    rgb = np.roll(base, i, axis=1)
+    alpha = np.full((H, W, 1), 255, np.uint8)
+    pixels = {
+        "rgb8": rgb,
+        "bgr8": rgb[:, :, ::-1].copy(),
+        "rgba8": np.concatenate([rgb, alpha], axis=2),
+        "bgra8": np.concatenate([rgb[:, :, ::-1], alpha], axis=2),
+        "mono8": rgb[:, :, 1].copy(),
+    }[encoding]
+    msg = numpy_to_image(pixels, encoding)
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec = 1000 + i // 10
+    msg.header.stamp.nanosec = (i % 10) * 100_000_000
+    return msg
+
+
+def stamp_key(header) -> tuple[int, int]:
+    return header.stamp.sec, header.stamp.nanosec
+
+
+def send_closed_loop(probe: Probe, image_topic: str, info_topic: str, frames: list[Image]):
+    """Publish each frame after the previous one's FrameInfo arrived; the FrameInfos."""
+    out = []
+    for msg in frames:
+        want = stamp_key(msg.header)
+        probe.publisher(image_topic).publish(msg)
+
+        def arrived(want=want):
+            return any(stamp_key(m.header) == want for m in probe.got[info_topic])
+
+        assert probe.wait(arrived), f"no frame_info for stamp {want}"
+        out.append(next(m for m in probe.messages(info_topic) if stamp_key(m.header) == want))
+    return out
+
+
+@pytest.fixture(scope="module")
+def domain_id():
+    return _domain_id()
+
+
+@pytest.fixture(scope="module")
+def model_yaml(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(SMALL_MODEL_YAML)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def probe(domain_id):
+    p = Probe(domain_id)
+    for topic, msg_type in [
+        ("/davss_segmenter/labels", Image),
+        ("/davss_segmenter/labels_color", Image),
+        ("/davss_segmenter/overlay", Image),
+        ("/davss_segmenter/distortion", Image),
+        ("/davss_segmenter/frame_info", FrameInfo),
+        ("/diagnostics", DiagnosticArray),
+    ]:
+        p.listen(topic, msg_type)
+    yield p
+    p.close()
+
+
+def base_overrides(model_yaml: str) -> dict:
+    return {"model.config": model_yaml, "model.device": "cpu", "input.width": W,
+            "input.height": H, "schedule.policy": "fixed", "schedule.key_interval": 5}
+
+
+@pytest.fixture(scope="module")
+def seg(domain_id, model_yaml, probe):
+    s = Segmenter(domain_id, base_overrides(model_yaml))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def active(seg, probe):
+    """The node configured and activated, with every output matched to the probe."""
+    node = seg.node
+    if node.state == "unconfigured":
+        assert node.trigger_configure() == SUCCESS
+    if node.state == "inactive":
+        assert node.trigger_activate() == SUCCESS
+    probe.wait_matched(["/image"], [t for t in probe.subs if t != "/diagnostics"])
+    # The node's publishers must see the probe's subscribers too (outputs that are only
+    # computed while subscribed).
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and not all(
+            p.get_subscription_count() > 0 for k, p in node._pubs.items() if k != "label_info"):
+        time.sleep(0.05)
+    return node
+
+
+def _lifecycle_state(probe: Probe, node_fqn: str) -> str:
+    client = probe.node.create_client(GetState, f"{node_fqn}/get_state")
+    try:
+        assert client.wait_for_service(timeout_sec=TIMEOUT)
+        future = client.call_async(GetState.Request())
+        done = threading.Event()
+        future.add_done_callback(lambda _f: done.set())
+        assert done.wait(TIMEOUT)
+        return future.result().current_state.label
+    finally:
+        probe.node.destroy_client(client)
+
+
+def _latest_status(probe: Probe, node_fqn: str, predicate=lambda s: True, timeout=TIMEOUT):
+    found = []
+
+    def check():
+        for array_msg in reversed(probe.got["/diagnostics"]):
+            for status in array_msg.status:
+                if status.hardware_id == node_fqn and predicate(status):
+                    found.append(status)
+                    return True
+        return False
+
+    assert probe.wait(check, timeout), f"no matching diagnostics from {node_fqn}"
+    return found[0]
+
+
+def _values(status: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+# -- tests (module order matters little: each brings the node to the state it needs) ----------
+def test_configure_fails_on_a_missing_checkpoint_and_succeeds_after_the_fix(
+        seg, probe, tmp_path):
+    node = seg.node
+    missing = tmp_path / "no_such_model.pt"
+    node.set_parameters([Parameter("model.checkpoint", value=str(missing))])
+    assert node.trigger_configure() == FAILURE
+    assert node.state == "unconfigured" and node.segmenter is None
+    assert _lifecycle_state(probe, "/davss_segmenter") == "unconfigured"
+    status = _latest_status(probe, "/davss_segmenter",
+                            lambda s: "no_such_model.pt" in s.message)
+    assert status.level == DiagnosticStatus.ERROR and "configure failed" in status.message
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    node.set_parameters([Parameter("model.checkpoint", value=str(corrupt))])
+    assert node.trigger_configure() == FAILURE
+    assert "corrupt.pt" in node._configure_error
+
+    node.set_parameters([Parameter("model.checkpoint", value="")])
+    assert node.trigger_configure() == SUCCESS
+    assert node.state == "inactive" and node.segmenter is not None
+    assert _lifecycle_state(probe, "/davss_segmenter") == "inactive"
+
+
+def test_nothing_is_published_before_activation(seg, probe):
+    node = seg.node
+    if node.state == "unconfigured":
+        assert node.trigger_configure() == SUCCESS
+    assert node.state == "inactive"
+    late = Probe(_domain_id())  # a late subscriber for the transient-local label table
+    try:
+        # The outputs exist (created by configure) and are matched, but stay silent.
+        probe.wait_matched([], [t for t in probe.subs if t != "/diagnostics"])
+        probe.clear()
+        for i in range(3):
+            probe.publisher("/image").publish(frame(i))
+            time.sleep(0.2)
+        outputs = [t for t in probe.got if t != "/diagnostics"]
+        assert all(not probe.messages(t) for t in outputs), "published while inactive"
+        assert node.stats.input_count == 0  # not even subscribed
+
+        assert node.trigger_activate() == SUCCESS
+        late.listen("/davss_segmenter/label_info", LabelInfo, QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        assert late.wait(lambda: late.got["/davss_segmenter/label_info"]), "no label_info"
+        info = late.messages("/davss_segmenter/label_info")[0]
+        num = node.segmenter.num_classes
+        assert list(info.class_ids) == list(range(num))
+        assert len(info.class_names) == num and len(info.palette) == 3 * num
+        assert info.ignore_id == 255
+    finally:
+        late.close()
+
+
+def test_round_trip_of_30_frames_keeps_headers_and_the_key_frame_pattern(active, probe):
+    node = active
+    node.segmenter.reset()
+    probe.clear()
+    frames = [frame(i) for i in range(30)]
+    infos = send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", frames)
+
+    keys = [i for i, m in enumerate(infos) if m.is_key_frame]
+    assert keys == list(range(0, 30, 5))
+    assert [m.propagation_distance for m in infos[:6]] == [0, 1, 2, 3, 4, 0]
+    assert infos[0].key_reason in ("reset", "first_frame")
+    assert infos[5].key_reason == "interval"
+    assert all(m.key_reason == "" for m in infos if not m.is_key_frame)
+    assert all(m.dropped_frames == 0 for m in infos)
+    assert [m.frame_index for m in infos] == sorted(m.frame_index for m in infos)
+    assert all(m.total_ms > 0 and m.decode_ms >= 0 and m.encode_ms >= 0 for m in infos)
+    assert all(m.segmenter_ms > 0 for m in infos if m.is_key_frame)
+    assert all(m.flow_ms > 0 for m in infos if not m.is_key_frame)
+
+    assert probe.wait(lambda: len(probe.got["/davss_segmenter/labels"]) >= 30)
+    labels = {stamp_key(m.header): m for m in probe.messages("/davss_segmenter/labels")}
+    for sent in frames:
+        out = labels[stamp_key(sent.header)]
+        assert (out.height, out.width, out.encoding) == (H, W, "mono8")
+        assert out.step == W and out.header.frame_id == "camera"
+        ids = np.frombuffer(out.data, np.uint8)
+        assert ids.size == H * W and (ids < node.segmenter.num_classes).all()
+
+    # The subscribed extras: colour and overlay rgb8, distortion 32FC1 in [0, 1].
+    for topic, encoding, step in [("labels_color", "rgb8", 3 * W), ("overlay", "rgb8", 3 * W),
+                                  ("distortion", "32FC1", 4 * W)]:
+        full = f"/davss_segmenter/{topic}"
+        assert probe.wait(lambda full=full: len(probe.got[full]) >= 30), topic
+        msgs = {stamp_key(m.header): m for m in probe.messages(full)}
+        m = msgs[stamp_key(frames[7].header)]
+        assert (m.height, m.width, m.encoding, m.step) == (H, W, encoding, step)
+        assert m.header.frame_id == "camera"
+    dist = np.frombuffer(msgs[stamp_key(frames[7].header)].data, np.float32)
+    assert dist.min() >= 0.0 and dist.max() <= 1.0
+    key_dist = np.frombuffer(msgs[stamp_key(frames[5].header)].data, np.float32)
+    assert not key_dist.any()  # zeros on a key frame
+
+    # The colour image is the palette applied to the labels.
+    color = {stamp_key(m.header): m for m in probe.messages("/davss_segmenter/labels_color")}
+    sent = frames[3]
+    ids = np.frombuffer(labels[stamp_key(sent.header)].data, np.uint8).reshape(H, W)
+    rgb = np.frombuffer(color[stamp_key(sent.header)].data, np.uint8).reshape(H, W, 3)
+    palette = np.asarray(node.segmenter.palette, np.uint8)
+    np.testing.assert_array_equal(rgb, palette[ids])
+
+
+def test_mono8_bgr8_rgba8_and_padded_frames_are_segmented(active, probe):
+    probe.clear()
+    padded = frame(44)
+    rows = np.frombuffer(padded.data, np.uint8).reshape(H, 3 * W)
+    buf = np.zeros((H, 3 * W + 16), np.uint8)
+    buf[:, : 3 * W] = rows
+    padded.step, padded.data = 3 * W + 16, array.array("B", buf.tobytes())
+    sent = [frame(40, "mono8"), frame(41, "bgr8"), frame(42, "rgba8"), frame(43, "bgra8"),
+            padded]
+    infos = send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", sent)
+    assert len(infos) == len(sent)
+    assert probe.wait(lambda: len(probe.got["/davss_segmenter/overlay"]) >= len(sent))
+    overlays = {stamp_key(m.header): m for m in probe.messages("/davss_segmenter/overlay")}
+    out = overlays[stamp_key(padded.header)]
+    assert (out.width, out.height, out.step) == (W, H, 3 * W)  # outputs are tightly packed
+
+
+def test_a_burst_drops_stale_frames_and_counts_every_drop(active, probe):
+    node = active
+    probe.clear()
+    before_in, before_out = node.stats.input_count, node.stats.output_count
+    before_drop = node.stats.dropped
+    burst = [frame(200 + i) for i in range(20)]
+    for msg in burst:
+        probe.publisher("/image").publish(msg)
+    last = stamp_key(burst[-1].header)
+    # The newest frame always wins, so the last one of the burst is processed.
+    assert probe.wait(lambda: any(stamp_key(m.header) == last
+                                  for m in probe.got["/davss_segmenter/frame_info"]))
+    assert node._worker.wait_idle(TIMEOUT)
+    received = node.stats.input_count - before_in
+    processed = node.stats.output_count - before_out
+    dropped = node.stats.dropped - before_drop
+    assert received == processed + dropped
+    infos = probe.messages("/davss_segmenter/frame_info")
+    assert infos[-1].dropped_frames == node.stats.dropped
+    assert [m.dropped_frames for m in infos] == sorted(m.dropped_frames for m in infos)
+
+
+def test_worker_keeps_only_the_newest_frame_and_counts_drops():
+    from davss_ros.ros.worker import LatestFrameWorker
+
+    gate, seen, errors = threading.Event(), [], []
+
+    def process(item):
+        if item == "boom":
+            raise RuntimeError("bad frame")
+        gate.wait(TIMEOUT)
+        seen.append(item)
+
+    worker = LatestFrameWorker(process, on_error=errors.append)
+    try:
+        assert worker.submit(0) is False  # taken at once; the worker blocks on the gate
+        deadline = time.monotonic() + TIMEOUT
+        while worker._has_item and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.submit(1) is False  # waits in the slot
+        assert worker.submit(2) is True  # replaces 1: one drop
+        assert worker.submit(3) is True
+        gate.set()
+        assert worker.wait_idle(TIMEOUT)
+        assert seen == [0, 3] and worker.dropped == 2
+        worker.submit("boom")
+        assert worker.wait_idle(TIMEOUT)
+        assert [str(e) for e in errors] == ["bad frame"] and worker.alive
+        worker.submit(4)
+        assert worker.wait_idle(TIMEOUT) and seen == [0, 3, 4]
+    finally:
+        gate.set()
+        assert worker.stop(timeout=5.0)
+    assert not worker.alive and worker.submit(5) is False
+
+
+def test_diagnostics_report_rates_latency_and_model(active, probe):
+    probe.clear()
+    send_closed_loop(probe, "/image", "/davss_segmenter/frame_info",
+                     [frame(i) for i in range(50, 55)])
+    status = _latest_status(probe, "/davss_segmenter",
+                            lambda s: _values(s).get("lifecycle state") == "active")
+    values = _values(status)
+    assert status.name == "/davss_segmenter: segmentation"
+    for key in ("input rate (Hz)", "output rate (Hz)", "latency median (ms)",
+                "latency p95 (ms)", "key frame ratio", "frames dropped", "errors",
+                "last error", "model", "device", "mode"):
+        assert key in values, key
+    assert float(values["output rate (Hz)"]) > 0
+    assert float(values["latency median (ms)"]) > 0
+    assert values["device"] == "cpu" and values["mode"] == "davss"
+    assert "untrained" in values["model"]
+    # Untrained weights are worth a warning, never silence.
+    assert status.level in (DiagnosticStatus.WARN, DiagnosticStatus.ERROR)
+    assert "untrained" in status.message
+
+
+def test_bad_parameter_values_are_refused_with_a_reason(active):
+    node = active
+    cases = [
+        (Parameter("schedule.key_interval", value=0), "schedule.key_interval"),
+        (Parameter("model.mode", value="foo"), "model.mode must be one of"),
+        (Parameter("model.device", value="gpu7"), "model.device"),
+        (Parameter("schedule.threshold", value=1.5), "schedule.threshold"),
+        (Parameter("input.width", value=100), "input.width"),
+        (Parameter("flow.provider", value="raft"), "flow.provider"),
+    ]
+    for param, reason in cases:
+        (result,) = node.set_parameters([param])
+        assert not result.successful, param.name
+        assert reason in result.reason or param.name in result.reason, result.reason
+    # Read-only: QoS is fixed at start-up.
+    (result,) = node.set_parameters([Parameter("qos.reliability", value="reliable")])
+    assert not result.successful
+    assert node.get_parameter("schedule.key_interval").value == 5
+    assert node.get_parameter("model.mode").value == "davss"
+
+
+def test_bad_frames_are_skipped_with_an_error_and_the_node_keeps_running(active, probe):
+    node = active
+    errors_before = node.stats.error_count
+    probe.clear()
+    yuv = Image(height=H, width=W, encoding="yuv422", step=2 * W)
+    yuv.data = array.array("B", bytes(2 * W * H))
+    yuv.header.stamp.sec = 2000
+    short = frame(60)
+    short.data = short.data[: len(short.data) - 10]
+    short.header.stamp.sec = 2001
+    for bad in (yuv, short):
+        probe.publisher("/image").publish(bad)
+        time.sleep(0.3)  # one at a time: the one-frame slot keeps only the newest
+    assert probe.wait(lambda: node.stats.error_count >= errors_before + 2)
+    assert "data has" in node.stats.last_error
+    # A good frame afterwards still gets its outputs.
+    infos = send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", [frame(61)])
+    assert len(infos) == 1
+    assert not any(m.header.stamp.sec in (2000, 2001)
+                   for m in probe.messages("/davss_segmenter/labels"))
+    status = _latest_status(probe, "/davss_segmenter",
+                            lambda s: _values(s)["errors"] == str(errors_before + 2))
+    assert status.level == DiagnosticStatus.ERROR
+    assert "data has" in _values(status)["last error"]
+    assert "yuv422" in status.message or "data has" in status.message
+
+
+def test_schedule_change_while_active_takes_effect(active, probe):
+    node = active
+    (result,) = node.set_parameters([Parameter("schedule.key_interval", value=3)])
+    assert result.successful
+    assert node.segmenter.config.schedule.key_interval == 3
+    probe.clear()
+    infos = send_closed_loop(probe, "/image", "/davss_segmenter/frame_info",
+                             [frame(i) for i in range(70, 82)])
+    keys = [i for i, m in enumerate(infos) if m.is_key_frame]
+    assert len(keys) >= 3 and all(b - a == 3 for a, b in zip(keys, keys[1:], strict=False))
+    node.set_parameters([Parameter("schedule.key_interval", value=5)])
+
+
+def test_output_switch_stops_an_output(active, probe):
+    node = active
+    node.set_parameters([Parameter("output.overlay", value=False)])
+    try:
+        probe.clear()
+        send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", [frame(90), frame(91)])
+        time.sleep(0.3)
+        assert not probe.messages("/davss_segmenter/overlay")
+        assert len(probe.messages("/davss_segmenter/labels_color")) == 2
+    finally:
+        node.set_parameters([Parameter("output.overlay", value=True)])
+
+
+def test_deactivate_cleanup_and_shutdown(active, probe):
+    node = active
+    assert node.trigger_deactivate() == SUCCESS
+    assert node.state == "inactive" and node.segmenter is not None  # model kept
+    probe.clear()
+    probe.publisher("/image").publish(frame(100))
+    time.sleep(0.5)
+    assert not probe.messages("/davss_segmenter/frame_info")
+    assert node.trigger_cleanup() == SUCCESS
+    assert node.segmenter is None and node.state == "unconfigured"
+    assert _lifecycle_state(probe, "/davss_segmenter") == "unconfigured"
+    # It can be configured and activated again, then shut down cleanly.
+    assert node.trigger_configure() == SUCCESS
+    assert node.trigger_activate() == SUCCESS
+    worker = node._worker
+    assert node.trigger_shutdown() == SUCCESS
+    assert node.state == "finalized" and not worker.alive and node.segmenter is None
+
+
+def test_two_cameras_in_two_namespaces(domain_id, model_yaml):
+    probe = Probe(domain_id)
+    seg = Segmenter(domain_id, base_overrides(model_yaml), namespace="cam1")
+    try:
+        seg.add(base_overrides(model_yaml), namespace="cam2")
+        topics = {}
+        for cam in ("cam1", "cam2"):
+            topics[cam] = f"/{cam}/davss_segmenter/frame_info"
+            probe.listen(topics[cam], FrameInfo)
+            probe.listen(f"/{cam}/davss_segmenter/labels", Image)
+        for node in seg.nodes:
+            assert node.trigger_configure() == SUCCESS
+            assert node.trigger_activate() == SUCCESS
+        probe.wait_matched(["/cam1/image", "/cam2/image"], list(topics.values()))
+        for cam, i in (("cam1", 0), ("cam2", 1)):
+            send_closed_loop(probe, f"/{cam}/image", topics[cam], [frame(i, frame_id=cam)])
+        time.sleep(0.3)
+        for cam in ("cam1", "cam2"):
+            labels = probe.messages(f"/{cam}/davss_segmenter/labels")
+            assert [m.header.frame_id for m in labels] == [cam]
+    finally:
+        seg.close()
+        probe.close()
+
+
+def test_cli_options_become_ros_arguments():
+    import argparse
+
+    from davss_ros.ros.node import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([
+        "--params-file", "p.yaml", "--image-topic", "/cam/image_raw", "--namespace", "front",
+        "--checkpoint", "m.pt", "--no-autostart", "--ros-args", "-p", "use_sim_time:=true"])
+    assert ros_arguments(args) == [
+        "davss_segmenter", "--ros-args", "--params-file", "p.yaml",
+        "-r", "image:=/cam/image_raw", "-r", "__ns:=/front",
+        "-p", "model.checkpoint:='m.pt'", "-p", "autostart:=false",
+        "-p", "use_sim_time:=true"]
+    assert ros_arguments(parser.parse_args([])) == ["davss_segmenter"]
+
+
+def test_params_file_documents_every_parameter_with_its_default():
+    import pathlib
+
+    import yaml
+
+    from davss_ros.ros.params import SPECS
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "config" / "davss.yaml"
+    values = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
+    assert set(values) == set(SPECS)
+    for name, spec in SPECS.items():
+        assert values[name] == spec.default, name
+
+
+def test_segmenter_process_runs_from_the_params_file_and_exits_cleanly_on_ctrl_c(
+        domain_id, model_yaml):
+    """The console-script entry point in its own process: autostart, outputs, Ctrl-C."""
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
+    cmd = [sys.executable, "-c", "import sys; from davss_ros.ros.node import main; "
+           "sys.exit(main(sys.argv))",
+           "--ros-args", "--params-file", str(root / "config" / "davss.yaml"),
+           "-r", "__ns:=/proc", "-r", "image:=/proc_camera",
+           "-p", f"model.config:={model_yaml}", "-p", "model.device:=cpu",
+           "-p", f"input.width:={W}", "-p", f"input.height:={H}"]
+    probe = Probe(domain_id)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        probe.listen("/proc/davss_segmenter/frame_info", FrameInfo)
+        probe.wait_matched(["/proc_camera"], ["/proc/davss_segmenter/frame_info"], timeout=40)
+        infos = send_closed_loop(probe, "/proc_camera", "/proc/davss_segmenter/frame_info",
+                                 [frame(0), frame(1)])
+        assert [m.is_key_frame for m in infos] == [True, False]
+    finally:
+        probe.close()
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise AssertionError("the node did not exit on SIGINT:\n" + out) from None
+    assert proc.returncode == 0, out
+    assert "UNTRAINED" in out and "active: segmenting /proc_camera" in out
+
+
+def test_node_bench_measures_latency_and_overhead(model_yaml):
+    from davss_ros.ros.node_bench import run_node_bench
+
+    r = run_node_bench(width=W, height=H, frames=4, warmup=1, config=model_yaml,
+                       device="cpu", key_interval=2, subscribe=("labels", "overlay"))
+    assert r["frames"] == 4 and r["dropped"] == 0
+    assert r["subscribed"] == ["labels", "overlay"]
+    assert r["e2e_median_ms"] >= r["pipeline_median_ms"] > 0
+    assert r["node_overhead_median_ms"] > 0
+    assert r["all_outputs_overhead_median_ms"] >= r["node_overhead_median_ms"]
+
+
+def test_configure_with_a_checkpoint_and_refuse_a_mismatched_one(domain_id, model_yaml, tmp_path):
+    from davss_ros.checkpoint import save_checkpoint
+    from davss_ros.config import load_config
+    from davss_ros.model import build_davss_net
+
+    cfg = load_config(model_yaml)
+    cfg.model.input_height, cfg.model.input_width = H, W
+    state = build_davss_net(cfg.model).state_dict()  # as training saves it
+    names = [f"thing_{i}" for i in range(cfg.model.num_classes)]
+    good = save_checkpoint(tmp_path / "good.pt", config=cfg, state_dict=state,
+                           class_names=names)
+    bad = save_checkpoint(tmp_path / "bad.pt", config=cfg, state_dict={
+        k: v for i, (k, v) in enumerate(state.items()) if i})  # one tensor missing
+
+    # input.width/height 0: the checkpoint's own network size is used.
+    seg = Segmenter(domain_id, {"model.checkpoint": str(good), "model.device": "cpu"})
+    try:
+        node = seg.node
+        assert node.trigger_configure() == SUCCESS
+        assert node.segmenter.class_names == names
+        assert (node.segmenter.config.model.input_height,
+                node.segmenter.config.model.input_width) == (H, W)
+        assert not node._untrained and "good.pt" in node._model_text
+        assert node.trigger_cleanup() == SUCCESS
+
+        node.set_parameters([Parameter("model.checkpoint", value=str(bad))])
+        assert node.trigger_configure() == FAILURE
+        assert node.state == "unconfigured" and node.segmenter is None
+        assert "bad.pt" in node._configure_error
+        assert "do not match" in node._configure_error
+    finally:
+        seg.close()

@@ -1,0 +1,125 @@
+"""sensor_msgs/Image <-> numpy conversion (davss_ros/ros/image.py)."""
+
+import array
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="the ROS 2 Python client library is not installed")
+
+from sensor_msgs.msg import Image  # noqa: E402
+
+from davss_ros.ros.image import (  # noqa: E402
+    image_to_numpy,
+    image_to_rgb,
+    new_image,
+    numpy_to_image,
+)
+
+
+def _rgb(h=5, w=7):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _padded(pixels: np.ndarray, encoding: str, pad: int) -> Image:
+    """An Image whose rows carry ``pad`` junk bytes after the pixels."""
+    h, w = pixels.shape[:2]
+    row = pixels.reshape(h, -1).view(np.uint8)
+    step = row.shape[1] + pad
+    buf = np.full((h, step), 0xAB, np.uint8)
+    buf[:, : row.shape[1]] = row
+    msg = Image(height=h, width=w, encoding=encoding, step=step)
+    msg.data = array.array("B", buf.tobytes())
+    return msg
+
+
+def test_rgb_conversions_of_each_encoding():
+    rgb = _rgb()
+    gray = rgb[:, :, 1].copy()
+    alpha = np.full(rgb.shape[:2] + (1,), 200, np.uint8)
+    cases = {
+        "rgb8": (rgb, rgb),
+        "bgr8": (rgb[:, :, ::-1].copy(), rgb),
+        "rgba8": (np.concatenate([rgb, alpha], axis=2), rgb),
+        "bgra8": (np.concatenate([rgb[:, :, ::-1], alpha], axis=2), rgb),
+        "mono8": (gray, np.repeat(gray[:, :, None], 3, axis=2)),
+    }
+    for encoding, (pixels, expected_rgb) in cases.items():
+        msg = numpy_to_image(pixels, encoding)
+        assert msg.step == pixels.shape[1] * (1 if pixels.ndim == 2 else pixels.shape[2])
+        np.testing.assert_array_equal(image_to_numpy(msg), pixels, err_msg=encoding)
+        out = image_to_rgb(msg)
+        assert out.shape == rgb.shape[:2] + (3,) and out.dtype == np.uint8
+        np.testing.assert_array_equal(out, expected_rgb, err_msg=encoding)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
+def test_padded_step_round_trip(encoding):
+    channels = {"mono8": 1, "rgba8": 4, "bgra8": 4}.get(encoding, 3)
+    rng = np.random.default_rng(1)
+    shape = (4, 6) if channels == 1 else (4, 6, channels)
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    msg = _padded(pixels, encoding, pad=5)
+    decoded = image_to_numpy(msg)
+    np.testing.assert_array_equal(decoded, pixels)
+    assert np.shares_memory(decoded, np.frombuffer(msg.data, np.uint8))
+    # Re-encoding gives a tightly packed image with the same pixels.
+    again = numpy_to_image(np.ascontiguousarray(decoded), encoding)
+    assert again.step == 6 * channels
+    np.testing.assert_array_equal(image_to_numpy(again), pixels)
+
+
+def test_float_round_trip_32fc1():
+    values = np.linspace(0, 1, 24, dtype=np.float32).reshape(4, 6)
+    msg = numpy_to_image(values, "32FC1")
+    assert msg.step == 6 * 4 and len(msg.data) == 4 * 6 * 4
+    np.testing.assert_array_equal(image_to_numpy(msg), values)
+
+
+def test_rgb8_decoding_is_zero_copy():
+    msg = numpy_to_image(_rgb(), "rgb8")
+    out = image_to_rgb(msg)
+    assert np.shares_memory(out, np.frombuffer(msg.data, np.uint8))
+
+
+def test_new_image_view_writes_into_the_message():
+    msg, view = new_image(3, 4, "rgb8")
+    view[...] = 7
+    assert bytes(msg.data) == bytes([7]) * (3 * 4 * 3)
+    assert np.shares_memory(view, np.frombuffer(msg.data, np.uint8))
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "yuv422", "jpeg"])
+def test_unsupported_encoding_is_a_clear_error(encoding):
+    msg = Image(height=2, width=2, encoding=encoding, step=4)
+    msg.data = array.array("B", bytes(8))
+    with pytest.raises(ValueError, match=f"unsupported.*{encoding}"):
+        image_to_rgb(msg)
+
+
+def test_32fc1_is_not_an_input_encoding():
+    msg = numpy_to_image(np.zeros((2, 2), np.float32), "32FC1")
+    with pytest.raises(ValueError, match="unsupported input encoding '32FC1'"):
+        image_to_rgb(msg)
+
+
+def test_wrong_data_length_is_a_clear_error():
+    msg = numpy_to_image(_rgb(4, 4), "rgb8")
+    msg.data = msg.data[:-3]
+    with pytest.raises(ValueError, match=r"data has 45 bytes, expected step x height = 12 x 4"):
+        image_to_rgb(msg)
+
+
+def test_step_shorter_than_a_row_is_a_clear_error():
+    msg = Image(height=2, width=4, encoding="rgb8", step=8)
+    msg.data = array.array("B", bytes(16))
+    with pytest.raises(ValueError, match="step 8 is shorter than a row"):
+        image_to_numpy(msg)
+
+
+def test_encoder_checks_shape_and_dtype():
+    with pytest.raises(ValueError, match="HxWx3"):
+        numpy_to_image(np.zeros((2, 2), np.uint8), "rgb8")
+    with pytest.raises(ValueError, match="dtype float32"):
+        numpy_to_image(np.zeros((2, 2), np.uint8), "32FC1")

@@ -1,0 +1,139 @@
+"""``davss bench``: per-frame latency of each mode, measured in one run on the same frames.
+
+For every input size and mode, a VideoSegmenter (untrained weights unless --checkpoint)
+segments the same rendered driving clip with a fixed key interval; the medians of the
+key-frame and non-key-frame latencies give the mean cost per frame at propagation
+distance D as (key + D * nonkey) / (D + 1), the paper's Eq. 8 with measured times.
+Speed claims are these ratios, taken in one run, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import MODES, ScheduleConfig, load_config
+from .pipeline import VideoSegmenter
+
+DISTANCES = tuple(range(1, 10))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="cpu", help="preset name or YAML (default: cpu)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint to time (default: "
+                        "untrained weights of --config; latency does not depend on weights)")
+    parser.add_argument("--sizes", default="256x512,512x1024",
+                        help="comma-separated HxW network input sizes (default: %(default)s)")
+    parser.add_argument("--modes", default=",".join(MODES), help="default: %(default)s")
+    parser.add_argument("--flow", default=None, choices=("dis", "learned"),
+                        help="flow provider (default: the config's)")
+    parser.add_argument("--frames", type=int, default=30, help="frames timed per mode and size")
+    parser.add_argument("--key-interval", type=int, default=5,
+                        help="fixed key interval while timing (default: %(default)s)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--node", action="store_true",
+                        help="instead: node overhead (end-to-end minus pipeline latency) at "
+                             "640x480 through real rclpy/FastDDS")
+
+
+def bench_frames(height: int, width: int, count: int, seed: int = 0) -> np.ndarray:
+    """A rendered driving clip (T x H x W x 3 uint8) for timing."""
+    from .data.synthetic import SceneConfig, render_clip
+
+    clip = render_clip(SceneConfig(height=height, width=width, frames=count, seed=seed))
+    return clip.images
+
+
+def time_mode(frames: np.ndarray, *, config, mode: str, checkpoint=None, device="auto",
+              key_interval: int = 5, flow: str | None = None) -> dict:
+    cfg = replace(config, model=replace(
+        config.model, mode=mode, input_height=frames.shape[1], input_width=frames.shape[2],
+        flow=replace(config.model.flow, provider=flow or config.model.flow.provider)),
+        schedule=ScheduleConfig(policy="fixed", key_interval=key_interval))
+    seg = VideoSegmenter(cfg, checkpoint=checkpoint, device=device)
+    seg.warmup()
+    key, nonkey, stages = [], [], {}
+    for rgb in frames:
+        r = seg.step(rgb)
+        (key if r.is_key else nonkey).append(r.timings_ms["total"])
+        kind = "key" if r.is_key else "nonkey"
+        for name, ms in r.timings_ms.items():
+            stages.setdefault(kind, {}).setdefault(name, []).append(ms)
+    key_ms = statistics.median(key)
+    nonkey_ms = statistics.median(nonkey) if nonkey else key_ms
+    seg.close()
+    return {
+        "height": int(frames.shape[1]), "width": int(frames.shape[2]), "mode": mode,
+        "flow": "-" if mode == "per_frame" else seg.config.model.flow.provider,
+        "key_ms": round(key_ms, 3), "nonkey_ms": round(nonkey_ms, 3),
+        "nonkey_over_key": round(nonkey_ms / key_ms, 4),
+        "mean_ms": {str(d): round((key_ms + d * nonkey_ms) / (d + 1), 3) for d in DISTANCES},
+        "key_frames": len(key), "nonkey_frames": len(nonkey),
+        "stages_median_ms": {kind: {k: round(statistics.median(v), 3) for k, v in st.items()}
+                             for kind, st in stages.items()},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.node:
+        from .ros.node_bench import main_from_args
+
+        return main_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in MODES:
+            raise SystemExit(f"unknown mode {m!r}; expected some of {', '.join(MODES)}")
+    sizes = []
+    for item in args.sizes.split(","):
+        h, w = (int(v) for v in item.lower().split("x"))
+        sizes.append((h, w))
+    results = []
+    print(f"davss bench: {torch.get_num_threads()} torch threads, device {args.device}, "
+          f"{args.frames} frames per mode, key interval {args.key_interval}, "
+          f"{'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'untrained weights'}")
+    header = (f"{'size':>9} {'mode':>9} {'flow':>7} {'key_ms':>8} {'nonkey':>8} {'ratio':>6} "
+              + " ".join(f"{'D=' + str(d):>6}" for d in DISTANCES))
+    print(header)
+    for h, w in sizes:
+        frames = bench_frames(h, w, args.frames, args.seed)
+        per_frame_ms = None
+        for mode in modes:
+            r = time_mode(frames, config=config, mode=mode, checkpoint=args.checkpoint,
+                          device=args.device, key_interval=args.key_interval, flow=args.flow)
+            if mode == "per_frame":
+                per_frame_ms = r["key_ms"]
+            if per_frame_ms:
+                r["mean_over_per_frame"] = {d: round(v / per_frame_ms, 4)
+                                            for d, v in r["mean_ms"].items()}
+            results.append(r)
+            print(f"{h:>4}x{w:<4} {mode:>9} {r['flow']:>7} {r['key_ms']:8.1f} "
+                  f"{r['nonkey_ms']:8.1f} {r['nonkey_over_key']:6.2f} "
+                  + " ".join(f"{r['mean_ms'][str(d)]:6.1f}" for d in DISTANCES))
+    for r in results:
+        if r["mode"] != "per_frame" and "mean_over_per_frame" in r:
+            print(f"{r['height']}x{r['width']} {r['mode']}: non-key/key {r['nonkey_over_key']:.2f}"
+                  f", mean at D=5 / per_frame {r['mean_over_per_frame']['5']:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"machine": {"cpu": platform.processor() or platform.machine(),
+                               "torch_threads": torch.get_num_threads(),
+                               "torch": torch.__version__, "device": args.device},
+                   "config": args.config, "frames": args.frames,
+                   "key_interval": args.key_interval, "results": results}
+        args.json.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    return 0

@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "node": ("davss_ros.ros.node", "run the davss_segmenter lifecycle node"),
     "make-bag": ("davss_ros.bag.make", "write a rosbag2 of camera images (and labels)"),
     "replay": ("davss_ros.bag.replay", "replay a bag through the node and score it"),
+    "soak": ("davss_ros.ros.soak", "run the node for minutes under a camera stream: memory, "
+             "latency drift, frame accounting"),
 }
 
 

@@ -38,6 +38,8 @@ from .model import build_davss_net, build_flow, fold_batchnorm, warp
 from .schedule import KeyFrameScheduler, photometric_error
 
 STAGES = ("flow", "warp", "dmnet", "cfnet", "fuse", "segmenter", "total")
+# Smallest image side ``step`` accepts (the 1/4-resolution state needs at least one pixel).
+MIN_IMAGE_SIZE = 4
 
 
 @dataclass
@@ -101,11 +103,15 @@ class VideoSegmenter:
             a ``config`` given as well only changes runtime fields (mode, input size, flow
             provider and preset, schedule). None = untrained weights (tests, benchmarks).
         device: 'auto' (CUDA when present), 'cpu' or 'cuda:N'.
+        max_stamp_gap: seconds; a stamp jumping forward by more than this between two
+            consecutive frames (a camera pause, frames lost, a bag skipping ahead) clears the
+            propagated state and forces a key frame ('stamp_jump'). None or 0 = never.
     """
 
     def __init__(self, config: DavssConfig | dict | str | Path | None = None,
                  checkpoint: str | Path | Checkpoint | None = None,
-                 device: str | torch.device = "auto") -> None:
+                 device: str | torch.device = "auto", *,
+                 max_stamp_gap: float | None = None) -> None:
         user_cfg = config if isinstance(config, DavssConfig) else (
             load_config(config) if config is not None else None)
         self.checkpoint: Checkpoint | None = None
@@ -122,6 +128,7 @@ class VideoSegmenter:
         self.config = cfg
         self.device = resolve_device(device)
         self.ignore_id = IGNORE_ID
+        self.max_stamp_gap = max_stamp_gap
         # The networks are built as the checkpoint was trained (with or without a flow
         # network); the flow provider actually used is the runtime choice.
         arch = self.checkpoint.config.model if self.checkpoint is not None else cfg.model
@@ -158,11 +165,15 @@ class VideoSegmenter:
         self.config = cfg
         self.scheduler.update_config(schedule)
 
-    def reset(self) -> None:
-        """Forget the propagated state: the next frame is a key frame (reason 'reset')."""
+    def reset(self, reason: str = "reset") -> None:
+        """Forget the propagated state: the next frame is a key frame with this reason.
+
+        Also the way back after a failed ``step`` (an exception part-way, e.g. out of
+        memory), which may have left the state half updated.
+        """
         self._clear_state()
         self.scheduler.reset()
-        self.scheduler.request_key("reset")
+        self.scheduler.request_key(reason)
 
     def warmup(self) -> None:
         """Run one key and one non-key frame on a blank image, then reset."""
@@ -192,16 +203,21 @@ class VideoSegmenter:
         Args:
             image: HxWx3 uint8 RGB, any size (resized to the network input and back).
             stamp: the frame's time in seconds; a stamp going backwards (a looped bag)
-                clears the propagated state and forces a key frame.
+                clears the propagated state and forces a key frame ('stamp_backwards'), as
+                does one jumping forward by more than ``max_stamp_gap`` ('stamp_jump').
         """
         if self.net is None:
             raise RuntimeError("VideoSegmenter.step() after close()")
         _check_image(image)
         timings = dict.fromkeys(STAGES, 0.0)
         t_start = time.perf_counter()
-        if stamp is not None and self._last_stamp is not None and stamp < self._last_stamp:
-            self._clear_state()
-            self.scheduler.request_key("stamp_backwards")
+        if stamp is not None and self._last_stamp is not None:
+            if stamp < self._last_stamp:
+                self._clear_state()
+                self.scheduler.request_key("stamp_backwards")
+            elif self.max_stamp_gap and stamp - self._last_stamp > self.max_stamp_gap:
+                self._clear_state()
+                self.scheduler.request_key("stamp_jump")
         self._last_stamp = stamp
 
         x = self._to_tensor(image)
@@ -323,8 +339,9 @@ def _check_image(image: Any) -> None:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {tuple(image.shape)}")
     if image.dtype != np.uint8:
         raise ValueError(f"expected dtype uint8, got {image.dtype}")
-    if image.shape[0] < 4 or image.shape[1] < 4:
-        raise ValueError(f"image too small: {image.shape[1]}x{image.shape[0]}")
+    if image.shape[0] < MIN_IMAGE_SIZE or image.shape[1] < MIN_IMAGE_SIZE:
+        raise ValueError(f"image too small: {image.shape[1]}x{image.shape[0]}, expected "
+                         f"at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
 
 
 def _with_runtime_fields(base: DavssConfig, user: DavssConfig) -> DavssConfig:

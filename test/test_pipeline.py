@@ -116,6 +116,20 @@ def test_reset_stamp_jump_and_resolution_change_force_key_frames():
     assert r.labels.shape == (80, 100)
 
 
+def test_a_forward_stamp_jump_beyond_max_stamp_gap_forces_a_key_frame():
+    seg = make(key_interval=10)
+    img = textured()
+    seg.step(img, stamp=1.0)
+    assert not seg.step(img, stamp=6.0).is_key  # off by default
+    seg.max_stamp_gap = 1.0
+    assert not seg.step(img, stamp=6.9).is_key  # within the gap
+    r = seg.step(img, stamp=8.0)
+    assert r.is_key and r.key_reason == "stamp_jump"
+    seg.reset("recovery")
+    r = seg.step(img, stamp=8.1)
+    assert r.is_key and r.key_reason == "recovery"
+
+
 def test_nonfinite_output_is_flagged_and_the_next_frame_is_key():
     seg = make(key_interval=10)
     img = textured()

@@ -56,6 +56,7 @@ def frame_info_values():
         "is_key_frame": True,
         "propagation_distance": 4000000007,
         "key_reason": "distortion \u00e4",
+        "valid": True,
         "distortion_ratio": 0.375,
         "mean_distortion": 0.1875,
         "decode_ms": 1.5,

@@ -36,36 +36,49 @@ INPUT_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
+class ImageError(ValueError):
+    """An input image the node cannot use; ``kind`` names the problem for the counters.
+
+    Kinds: ``encoding`` (unsupported encoding), ``empty`` (zero width or height), ``step``
+    (a row stride shorter than a row, or not a multiple of the pixel size), ``data_length``
+    (data is not step x height bytes).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 def image_to_numpy(msg: Image) -> np.ndarray:
     """A read-only view of the pixels: HxW (one channel) or HxWxC, no copy.
 
-    Raises ValueError for an unknown encoding, a ``step`` shorter than a row, or a data
-    length other than ``step * height``.
+    Raises :class:`ImageError` (a ValueError) for an unknown encoding, a zero width or
+    height, a ``step`` shorter than a row, or a data length other than ``step * height``.
     """
     if msg.encoding not in ENCODINGS:
-        raise ValueError(
-            f"unsupported image encoding {msg.encoding!r}; "
+        raise ImageError(
+            "encoding", f"unsupported image encoding {msg.encoding!r}; "
             f"expected one of {', '.join(ENCODINGS)}")
     channels, dtype = ENCODINGS[msg.encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageError("empty", f"empty image {width}x{height}")
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
-        raise ValueError(
-            f"{msg.encoding} image {width}x{height}: step {step} is shorter than a row "
-            f"({row_bytes} bytes)")
+        raise ImageError(
+            "step", f"{msg.encoding} image {width}x{height}: step {step} is shorter than a "
+            f"row ({row_bytes} bytes)")
     size = len(msg.data)
     if size != step * height:
-        raise ValueError(
-            f"{msg.encoding} image {width}x{height}: data has {size} bytes, expected "
-            f"step x height = {step} x {height} = {step * height}")
-    if height == 0 or width == 0:
-        raise ValueError(f"empty image {width}x{height}")
+        raise ImageError(
+            "data_length", f"{msg.encoding} image {width}x{height}: data has {size} bytes, "
+            f"expected step x height = {step} x {height} = {step * height}")
     buf = np.frombuffer(msg.data, dtype=np.uint8)
     rows = buf.reshape(height, step)[:, :row_bytes]  # a view; drops the row padding
     if dtype.itemsize > 1:
         if step % dtype.itemsize:
-            raise ValueError(
-                f"{msg.encoding} image: step {step} is not a multiple of "
+            raise ImageError(
+                "step", f"{msg.encoding} image: step {step} is not a multiple of "
                 f"{dtype.itemsize} bytes")
         order = ">" if msg.is_bigendian else "<"
         pixels = rows.view(dtype.newbyteorder(order))
@@ -82,8 +95,8 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     the other encodings need one copy to reorder or expand the channels.
     """
     if msg.encoding not in INPUT_ENCODINGS:
-        raise ValueError(
-            f"unsupported input encoding {msg.encoding!r}; "
+        raise ImageError(
+            "encoding", f"unsupported input encoding {msg.encoding!r}; "
             f"expected one of {', '.join(INPUT_ENCODINGS)}")
     pixels = image_to_numpy(msg)
     if msg.encoding == "rgb8":

@@ -15,6 +15,22 @@ Lifecycle:
 - cleanup: free the model and destroy the publishers.
 - shutdown: the same, and the worker thread ends.
 
+Bad input and faults never stop the node; each is counted on /diagnostics (see
+``diagnostics.py`` for the frame accounting, received = processed + dropped + rejected +
+failed + discarded):
+
+- an unusable image (encoding, zero or tiny size, step or data length) is rejected, counted
+  per kind;
+- a resolution change, a stamp going backwards (a looped bag) or jumping forward by more
+  than ``input.max_stamp_gap`` resets the propagation: the frame is a key frame, counted
+  under "forced key frames";
+- a non-finite network output is published as all-ignore labels, counted as invalid, and
+  the next frame is a key frame;
+- an exception in the pipeline (CUDA out of memory above all) skips the frame, frees the
+  CUDA cache and restarts on a key frame ('recovery');
+- frames a publisher sent that never reached the callback are counted from gaps in its
+  sequence numbers ("lost in transport").
+
 Topics (relative, so one node per camera works under its own namespace):
 ``image`` (input, sensor_msgs/Image), ``~/labels``, ``~/labels_color``, ``~/overlay``,
 ``~/distortion``, ``~/frame_info``, ``~/label_info``, and ``/diagnostics``.
@@ -26,6 +42,7 @@ import argparse
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +51,11 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from davss_msgs.msg import FrameInfo, LabelInfo
@@ -45,7 +63,7 @@ from davss_msgs.msg import FrameInfo, LabelInfo
 from . import params as P
 from .diagnostics import FrameRecord, SegmenterStats, build_status
 from .env import ensure_large_data_transport
-from .image import image_to_rgb, new_image
+from .image import ImageError, image_to_rgb, new_image
 from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
 from .worker import LatestFrameWorker
 
@@ -53,6 +71,26 @@ NODE_NAME = "davss_segmenter"
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 ERROR = TransitionCallbackReturn.ERROR
+
+# Smallest frame the pipeline takes (davss_ros.pipeline.MIN_IMAGE_SIZE; not imported from
+# there so that this module loads without torch).
+MIN_IMAGE_SIZE = 4
+# Key reasons that come from the input or a fault rather than the schedule; counted in
+# /diagnostics ("forced key frames").
+FORCED_KEY_REASONS = ("stamp_backwards", "stamp_jump", "resolution_change",
+                      "nonfinite_output", "recovery")
+# Publishers whose sequence numbers are followed for loss counting (the newest ones).
+MAX_TRACKED_PUBLISHERS = 16
+
+
+def _no_events(kind):
+    # Entities created and destroyed at run time (the image subscription at every
+    # (de)activation, the outputs at every configure/cleanup) get no QoS event handlers:
+    # rclpy (Kilted) can raise InvalidHandle in the executor's wait-set construction, and
+    # the spin thread dies, when an event handler is destroyed from another thread at the
+    # wrong moment (seen in the 100-cycle deactivate/activate test). The incompatible-QoS
+    # warning the default handler would log comes from the diagnostics timer instead.
+    return kind(use_default_callbacks=False)
 
 
 @dataclass
@@ -90,6 +128,8 @@ class SegmenterNode(LifecycleNode):
         self._worker: LatestFrameWorker | None = None
         self._sub = None
         self._pubs: dict[str, object] = {}
+        # publisher gid -> last publication sequence number seen (frames lost in transport)
+        self._last_seq: OrderedDict[bytes, int] = OrderedDict()
 
         # Diagnostics run in every state, so a failed configure is visible on /diagnostics.
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
@@ -127,7 +167,8 @@ class SegmenterNode(LifecycleNode):
         self.stats.reset()
         self._worker = LatestFrameWorker(
             self._process, on_error=self._frame_failed,
-            name=f"davss_worker{self.get_namespace().replace('/', '_')}")
+            name=f"davss_worker{self.get_namespace().replace('/', '_')}",
+            on_discard=lambda _item: self.stats.record_discard())
         self._configure_error = ""
         self._state = "inactive"
         self.get_logger().info(
@@ -144,10 +185,10 @@ class SegmenterNode(LifecycleNode):
                 self._pubs["label_info"].publish(self._label_info())
                 self._label_info_sent = True
             self._active = True
+            self._last_seq = OrderedDict()  # a new subscription: sequence gaps start afresh
             self._sub = self.create_subscription(
                 Image, "image", self._on_image, input_qos(self._settings.reliability),
-                event_callbacks=SubscriptionEventCallbacks(
-                    incompatible_qos=self._on_incompatible_qos))
+                event_callbacks=_no_events(SubscriptionEventCallbacks))
         except Exception as exc:
             self.get_logger().error(f"activate failed: {_describe(exc)}")
             self._active = False
@@ -222,7 +263,7 @@ class SegmenterNode(LifecycleNode):
     # -- configure helpers ---------------------------------------------------------------
     def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
         self._configure_error = reason
-        self.stats.record_error(f"configure failed: {reason}")
+        self.stats.record_error(f"configure failed: {reason}", kind="configure")
         self.get_logger().error(
             f"configure failed: {reason}. The node stays unconfigured; fix the parameter "
             "and configure again.")
@@ -248,7 +289,8 @@ class SegmenterNode(LifecycleNode):
         if s.input_height:
             cfg.model.input_height = s.input_height
         cfg.validate()
-        seg = VideoSegmenter(config=cfg, checkpoint=checkpoint, device=s.device)
+        seg = VideoSegmenter(config=cfg, checkpoint=checkpoint, device=s.device,
+                             max_stamp_gap=s.max_stamp_gap or None)
         try:
             seg.warmup()
         except Exception:
@@ -269,7 +311,11 @@ class SegmenterNode(LifecycleNode):
 
     def _setup_outputs(self, s: P.NodeParams, seg) -> None:
         qos = output_qos(s.output_reliability)
-        create = self.create_lifecycle_publisher
+
+        def create(msg_type, topic, profile):
+            return self.create_lifecycle_publisher(
+                msg_type, topic, profile, event_callbacks=_no_events(PublisherEventCallbacks))
+
         self._pubs = {
             "labels": create(Image, "~/labels", qos),
             "labels_color": create(Image, "~/labels_color", qos),
@@ -328,49 +374,131 @@ class SegmenterNode(LifecycleNode):
         self._settings = None
 
     # -- frames ----------------------------------------------------------------------------
-    def _on_image(self, msg: Image) -> None:
-        # Executor thread: store and return; the worker does the rest.
+    def _on_image(self, msg: Image, info) -> None:
+        # Executor thread: store and return; the worker does the rest. Two parameters (no
+        # default) make rclpy pass the MessageInfo.
         received = time.perf_counter()
         self.stats.record_input()
+        self._track_sequence(info)
         worker = self._worker
-        if worker is not None and worker.submit((msg, received)):
+        if worker is None:
+            self.stats.record_discard()
+        elif worker.offer((msg, received)) == "replaced":
             self.stats.record_drop()
+        # 'refused' (the worker is stopping) is counted by the worker's on_discard
 
-    def _on_incompatible_qos(self, event) -> None:
-        self.get_logger().warning(
-            f"a publisher on {self.resolve_topic_name('image')} offers a QoS this "
-            f"subscription (reliability {self._settings.reliability if self._settings else '?'})"
-            " cannot match: no images will arrive. Set qos.reliability to best_effort.",
-            throttle_duration_sec=10.0)
+    def _track_sequence(self, info) -> None:
+        """Count frames a publisher sent that never reached this subscription.
+
+        DDS gives each sample its writer's sequence number; a gap between two samples of
+        the same publisher is frames lost on the way (best-effort transport, or the reader's
+        depth-1 history overwritten before the executor took the sample). A publisher that
+        goes and comes back is a new writer (a new gid), so a restarted camera is no gap.
+        """
+        try:
+            gid = info.get("publisher_gid")
+            seq = info.get("publication_sequence_number")
+        except AttributeError:
+            return
+        if not gid or seq is None:
+            return
+        key = bytes(gid.get("data", b""))
+        seen = self._last_seq
+        last = seen.get(key)
+        if last is not None and seq > last + 1:
+            self.stats.record_lost(seq - last - 1)
+        if last is None or seq > last:
+            seen[key] = seq
+            seen.move_to_end(key)
+            while len(seen) > MAX_TRACKED_PUBLISHERS:
+                seen.popitem(last=False)
+
+    def _incompatible_publishers(self) -> str:
+        """A warning when the input's publishers cannot match the subscription, else ''.
+
+        Only one mismatch is possible here: a reliable subscription and a best-effort
+        publisher (a subscription's durability is volatile, which matches everything).
+        """
+        settings, sub = self._settings, self._sub
+        if sub is None or settings is None or settings.reliability != "reliable":
+            return ""
+        try:
+            infos = self.get_publishers_info_by_topic(sub.topic_name)
+        except Exception:  # the graph may be unavailable while shutting down
+            return ""
+        n = sum(1 for i in infos
+                if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT)
+        if not n:
+            return ""
+        return (f"{n} best-effort publisher(s) on {sub.topic_name} cannot match this "
+                "reliable subscription: no images arrive from them. Set qos.reliability to "
+                "best_effort.")
 
     def _frame_failed(self, exc: BaseException) -> None:
+        # The worker's last resort: something outside the pipeline step raised.
         text = _describe(exc)
-        self.stats.record_error(text)
+        self.stats.record_failed("exception", text)
         self.get_logger().error(f"frame skipped: {text}", throttle_duration_sec=5.0)
+
+    def _frame_rejected(self, kind: str, text: str) -> None:
+        self.stats.record_rejected(kind, text)
+        self.get_logger().error(f"frame rejected: {text}", throttle_duration_sec=5.0)
+
+    def _step_failed(self, seg, exc: BaseException) -> None:
+        """The pipeline raised on a frame: count it, skip it, restart on a key frame."""
+        oom = _is_out_of_memory(exc)
+        text = _describe(exc)
+        seg.reset("recovery")  # the failed step may have left the state half updated
+        if oom:
+            _free_cuda_cache(seg.device)
+            self.stats.record_failed("out_of_memory", f"out of memory: {text}")
+            self.get_logger().error(
+                f"out of memory on {seg.device}; frame skipped, the next one is a key frame: "
+                f"{text}", throttle_duration_sec=5.0)
+        else:
+            self.stats.record_failed("pipeline", text)
+            self.get_logger().error(f"frame skipped: {text}", throttle_duration_sec=5.0)
 
     def _process(self, item: tuple[Image, float]) -> None:
         msg, received = item
         with self._seg_lock:
             seg = self._seg
-            if seg is None or not self._active:
+            if seg is None or not self._active or not self._pubs:
+                self.stats.record_discard()  # taken while leaving the active state
                 return
             t0 = time.perf_counter()
             try:
                 rgb = image_to_rgb(msg)
-            except ValueError as exc:
-                self._frame_failed(exc)
+            except ImageError as exc:
+                self._frame_rejected(exc.kind, str(exc))
+                return
+            h, w = rgb.shape[:2]
+            if h < MIN_IMAGE_SIZE or w < MIN_IMAGE_SIZE:
+                self._frame_rejected("too_small", f"image {w}x{h} is too small, expected at "
+                                     f"least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
                 return
             t1 = time.perf_counter()
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            result = seg.step(rgb, stamp if stamp > 0 else None)
+            try:
+                result = seg.step(rgb, stamp if stamp > 0 else None)
+            except Exception as exc:  # out of memory, a CUDA error, ...: skip the frame
+                self._step_failed(seg, exc)
+                return
             t2 = time.perf_counter()
+        if not result.valid:
+            self.stats.record_invalid(
+                f"non-finite network output at frame {result.frame_index}: labels set to "
+                f"{seg.ignore_id} (ignore), the next frame is a key frame")
+            self.get_logger().error(
+                "non-finite network output: frame published as all-ignore, next frame key",
+                throttle_duration_sec=5.0)
+        if result.key_reason in FORCED_KEY_REASONS:
+            self.stats.record_forced_key(result.key_reason)
         self._publish(msg, rgb, result, received, t0, t1, t2)
 
     def _publish(self, msg: Image, rgb: np.ndarray, result, received: float,
                  t0: float, t1: float, t2: float) -> None:
         pubs, live, header = self._pubs, self._live, msg.header
-        if not pubs:
-            return
         h, w = result.labels.shape
         if live.labels:
             out, view = new_image(h, w, "mono8", header)
@@ -402,6 +530,7 @@ class SegmenterNode(LifecycleNode):
         info.is_key_frame = bool(result.is_key)
         info.propagation_distance = int(result.propagation_distance)
         info.key_reason = result.key_reason
+        info.valid = bool(result.valid)
         info.distortion_ratio = float(result.distortion_ratio)
         info.mean_distortion = float(result.distortion_mean)
         tm = result.timings_ms
@@ -418,16 +547,21 @@ class SegmenterNode(LifecycleNode):
 
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        pubs["frame_info"].publish(info)
+        # Last: a frame counts as processed once all its outputs went out (an exception
+        # above makes it a failed frame instead, never both).
         self.stats.record_frame(FrameRecord(
             done=time.monotonic(), total_ms=info.total_ms,
             pipeline_ms=float(tm.get("total", (t2 - t1) * 1e3)),
             stamp_latency_ms=(now_ns - stamp_ns) / 1e6 if stamp_ns else float("nan"),
             is_key=bool(result.is_key), frame_index=int(result.frame_index)))
-        pubs["frame_info"].publish(info)
 
     # -- diagnostics -----------------------------------------------------------------------
     def publish_diagnostics(self) -> None:
         seg = self._seg
+        qos_problem = self._incompatible_publishers()
+        if qos_problem:
+            self.get_logger().warning(qos_problem, throttle_duration_sec=10.0)
         status = build_status(
             self.stats,
             name=f"{self.get_fully_qualified_name()}: segmentation",
@@ -438,7 +572,7 @@ class SegmenterNode(LifecycleNode):
             mode=seg.mode if seg is not None else "none",
             input_topic=self.resolve_topic_name("image"),
             untrained=seg is not None and self._untrained,
-            configure_error=self._configure_error)
+            configure_error=self._configure_error, qos_problem=qos_problem)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
@@ -462,6 +596,10 @@ class SegmenterNode(LifecycleNode):
             overlay=values.get("output.overlay", live.overlay),
             distortion=values.get("output.distortion", live.distortion),
             alpha=float(values.get("overlay.alpha", live.alpha)))
+        if "input.max_stamp_gap" in values:
+            with self._seg_lock:
+                if self._seg is not None:
+                    self._seg.max_stamp_gap = float(values["input.max_stamp_gap"]) or None
         if names & set(P.SCHEDULE_PARAMS):
             with self._seg_lock:
                 seg = self._seg
@@ -482,6 +620,22 @@ def _schedule_text(s) -> str:
         return f"fixed, key every {s.key_interval} frames"
     return (f"adaptive, {s.metric} distortion > {s.threshold:g}, "
             f"at most {s.max_interval} frames apart")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # loaded by the pipeline; not imported here
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_cuda_cache(device) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(device, "type", "") == "cuda":
+        try:
+            torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover - the device may be in a bad state
+            pass
 
 
 def _describe(exc: BaseException) -> str:

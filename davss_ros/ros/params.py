@@ -90,6 +90,12 @@ SPECS: dict[str, Spec] = {
     "input.height": Spec(
         0, "Network input height in pixels: 0 = the model's default, else a multiple of 64.",
         int_range=(0, 4096, 64)),
+    "input.max_stamp_gap": Spec(
+        1.0, "Seconds: a header stamp jumping forward by more than this between two "
+        "processed frames (camera pause, bag skipping ahead) resets the propagation, so the "
+        "frame is a key frame ('stamp_jump'). Stamps going backwards always do "
+        "('stamp_backwards'). 0 = never on a forward jump.",
+        applies="live", float_range=(0.0, 3600.0)),
     "output.labels": Spec(
         True, "Publish ~/labels (mono8 trainIds, 255 = ignore).", applies="live"),
     "output.labels_color": Spec(
@@ -188,6 +194,7 @@ class NodeParams:
     schedule: ScheduleConfig
     input_width: int
     input_height: int
+    max_stamp_gap: float
     output_labels: bool
     output_labels_color: bool
     output_overlay: bool
@@ -215,6 +222,7 @@ def read(node: Node) -> NodeParams:
         schedule=schedule_from(values),
         input_width=values["input.width"],
         input_height=values["input.height"],
+        max_stamp_gap=float(values["input.max_stamp_gap"]),
         output_labels=values["output.labels"],
         output_labels_color=values["output.labels_color"],
         output_overlay=values["output.overlay"],

@@ -4,6 +4,10 @@ The subscription callback only drops the message into the slot and returns, so t
 executor never waits for the network. When a frame arrives while the previous one is still
 waiting, the waiting one is dropped and counted: under load the node segments the newest
 frame instead of building a queue of stale ones.
+
+Every submitted item ends in exactly one of: processed (``process`` returned or raised),
+dropped (replaced by a newer one), or discarded (cleared, or still waiting or refused when
+the worker stopped; ``on_discard`` hears of each), so a caller can account for every frame.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ class LatestFrameWorker(Generic[T]):
     """Runs ``process(item)`` on a background thread for the newest submitted item.
 
     ``on_error(exc)`` is called (on the worker thread) when ``process`` raises; the worker
-    keeps running.
+    keeps running. ``on_discard(item)`` is called for each item that will never be
+    processed nor counted as dropped: cleared, waiting at ``stop``, or submitted after it.
     """
 
     def __init__(self, process: Callable[[T], None],
                  on_error: Callable[[BaseException], None] | None = None,
-                 name: str = "davss_worker") -> None:
+                 name: str = "davss_worker",
+                 on_discard: Callable[[T], None] | None = None) -> None:
         self._process = process
         self._on_error = on_error
+        self._on_discard = on_discard
         self._cond = threading.Condition()
         self._slot: T | None = None
         self._has_item = False
@@ -37,6 +44,7 @@ class LatestFrameWorker(Generic[T]):
         self._stopping = False
         self._dropped = 0
         self._processed = 0
+        self._discarded = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -50,27 +58,47 @@ class LatestFrameWorker(Generic[T]):
         return self._processed
 
     @property
+    def discarded(self) -> int:
+        """Items cleared, stopped or refused (never processed, not counted as dropped)."""
+        return self._discarded
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def submit(self, item: T) -> bool:
-        """Put ``item`` in the slot; True when it replaced a waiting item (one drop)."""
+        """Put ``item`` in the slot; True when it replaced a waiting item (one drop).
+
+        After ``stop`` the item is refused (discarded) and the answer is False.
+        """
+        return self.offer(item) == "replaced"
+
+    def offer(self, item: T) -> str:
+        """Like ``submit``; says what happened: 'queued', 'replaced' or 'refused'."""
         with self._cond:
             if self._stopping:
-                return False
-            replaced = self._has_item
-            if replaced:
-                self._dropped += 1
-            self._slot, self._has_item = item, True
-            self._cond.notify_all()
-            return replaced
+                self._discarded += 1
+                outcome = "refused"
+            else:
+                outcome = "replaced" if self._has_item else "queued"
+                if self._has_item:
+                    self._dropped += 1
+                self._slot, self._has_item = item, True
+                self._cond.notify_all()
+        if outcome == "refused":
+            self._discarded_one(item)
+        return outcome
 
     def clear(self) -> bool:
         """Discard the waiting item, if any (not counted as a drop); True if there was one."""
         with self._cond:
-            had = self._has_item
+            had, item = self._has_item, self._slot
             self._slot, self._has_item = None, False
-            return had
+            if had:
+                self._discarded += 1
+        if had:
+            self._discarded_one(item)
+        return had
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing waits and nothing is being processed; False on timeout."""
@@ -87,11 +115,24 @@ class LatestFrameWorker(Generic[T]):
         """Discard the waiting item, finish the current one and end the thread."""
         with self._cond:
             self._stopping = True
+            had, item = self._has_item, self._slot
             self._slot, self._has_item = None, False
+            if had:
+                self._discarded += 1
             self._cond.notify_all()
+        if had:
+            self._discarded_one(item)
+        del item
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def _discarded_one(self, item: T) -> None:
+        if self._on_discard is not None:
+            try:
+                self._on_discard(item)
+            except Exception:  # pragma: no cover - last resort
+                _log.exception("discard handler failed")
 
     def _run(self) -> None:
         while True:

@@ -12,7 +12,7 @@ lint: setup
 
 test: setup
 	$(PY) -m ruff check davss_ros test launch scripts setup.py
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) scripts/run_tests.py $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m davss_ros.cli demo

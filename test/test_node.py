@@ -30,6 +30,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from davss_msgs.msg import FrameInfo, LabelInfo  # noqa: E402
 from davss_ros.ros.image import numpy_to_image  # noqa: E402
 from davss_ros.ros.node import SegmenterNode, ros_arguments  # noqa: E402
+from davss_ros.ros.spin import BackgroundSpin  # noqa: E402
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
@@ -64,8 +65,7 @@ class Probe:
         self.got: dict[str, list] = {}
         self.subs: dict[str, object] = {}
         self.pubs: dict[str, object] = {}
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin = BackgroundSpin(self.executor, name="probe_spin")
 
     def listen(self, topic: str, msg_type, qos=None) -> None:
         qos = qos or QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -108,10 +108,10 @@ class Probe:
         raise AssertionError(f"no match on {topics_in} / {topics_out} within {timeout} s")
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
+        if self.spin.stop():
+            self.executor.shutdown(timeout_sec=2.0)
+            self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-        self.thread.join(5.0)
 
 
 class Segmenter:
@@ -123,8 +123,7 @@ class Segmenter:
         self.nodes: list[SegmenterNode] = []
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         self.add(overrides, namespace)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin = BackgroundSpin(self.executor, name="segmenter_spin")
 
     def add(self, overrides: dict, namespace: str = "") -> SegmenterNode:
         node = SegmenterNode(
@@ -141,11 +140,11 @@ class Segmenter:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-        self.executor.shutdown(timeout_sec=2.0)
-        for node in self.nodes:
-            node.destroy_node()
+        if self.spin.stop():
+            self.executor.shutdown(timeout_sec=2.0)
+            for node in self.nodes:
+                node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-        self.thread.join(5.0)
 
 
 def frame(i: int, encoding: str = "rgb8", frame_id: str = "camera") -> Image:
@@ -172,16 +171,27 @@ def stamp_key(header) -> tuple[int, int]:
     return header.stamp.sec, header.stamp.nanosec
 
 
-def send_closed_loop(probe: Probe, image_topic: str, info_topic: str, frames: list[Image]):
-    """Publish each frame after the previous one's FrameInfo arrived; the FrameInfos."""
+def send_closed_loop(probe: Probe, image_topic: str, info_topic: str, frames: list[Image],
+                     resend_first_s: float | None = None):
+    """Publish each frame after the previous one's FrameInfo arrived; the FrameInfos.
+
+    resend_first_s: republish the first frame at this period until it is answered, for a
+    node in another process, whose subscription may match the camera a moment after the
+    camera matched it (best effort drops what comes before). The first answer is returned.
+    """
     out = []
-    for msg in frames:
+    for i, msg in enumerate(frames):
         want = stamp_key(msg.header)
-        probe.publisher(image_topic).publish(msg)
 
         def arrived(want=want):
             return any(stamp_key(m.header) == want for m in probe.got[info_topic])
 
+        probe.publisher(image_topic).publish(msg)
+        if i == 0 and resend_first_s:
+            deadline = time.monotonic() + TIMEOUT
+            while not probe.wait(arrived, timeout=resend_first_s):
+                assert time.monotonic() < deadline, f"no frame_info for stamp {want}"
+                probe.publisher(image_topic).publish(msg)
         assert probe.wait(arrived), f"no frame_info for stamp {want}"
         out.append(next(m for m in probe.messages(info_topic) if stamp_key(m.header) == want))
     return out
@@ -651,7 +661,7 @@ def test_segmenter_process_runs_from_the_params_file_and_exits_cleanly_on_ctrl_c
         probe.listen("/proc/davss_segmenter/frame_info", FrameInfo)
         probe.wait_matched(["/proc_camera"], ["/proc/davss_segmenter/frame_info"], timeout=40)
         infos = send_closed_loop(probe, "/proc_camera", "/proc/davss_segmenter/frame_info",
-                                 [frame(0), frame(1)])
+                                 [frame(0), frame(1)], resend_first_s=2.0)
         assert [m.is_key_frame for m in infos] == [True, False]
     finally:
         probe.close()

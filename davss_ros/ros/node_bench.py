@@ -49,6 +49,7 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
 
     from .image import new_image
     from .node import SUCCESS, SegmenterNode
+    from .spin import BackgroundSpin
 
     topics = ("labels",) + tuple(t for t in subscribe if t in OUTPUT_TOPICS and t != "labels")
     domain = domain_id if domain_id is not None else 1 + (os.getpid() * 31) % 200
@@ -64,7 +65,7 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
     rclpy.init(context=cam_ctx, domain_id=domain)
     node = cam = None
     executors: list = []
-    threads: list[threading.Thread] = []
+    threads: list = []
     try:
         node = SegmenterNode(
             context=node_ctx, namespace="bench",
@@ -102,8 +103,7 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
             ex = SingleThreadedExecutor(context=ctx)
             ex.add_node(n)
             executors.append(ex)
-            threads.append(threading.Thread(target=ex.spin, daemon=True))
-            threads[-1].start()
+            threads.append(BackgroundSpin(ex, name="node_bench_spin"))
 
         deadline = time.monotonic() + timeout
         while not (pub.get_subscription_count() > 0 and all(
@@ -162,17 +162,18 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
         }
         return result
     finally:
-        for ex in executors:
-            ex.shutdown(timeout_sec=2.0)
+        stopped = all([t.stop() for t in threads])  # before destroying anything: see spin.py
+        if stopped:
+            for ex in executors:
+                ex.shutdown(timeout_sec=2.0)
         if node is not None:
             node.close()
-            node.destroy_node()
-        if cam is not None:
+            if stopped:
+                node.destroy_node()
+        if cam is not None and stopped:
             cam.destroy_node()
         for ctx in (node_ctx, cam_ctx):
             rclpy.try_shutdown(context=ctx)
-        for t in threads:
-            t.join(5.0)
 
 
 def format_result(r: dict) -> str:

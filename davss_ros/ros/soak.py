@@ -50,6 +50,7 @@ import numpy as np
 
 from .diagnostics import process_rss_bytes, process_threads
 from .env import ensure_large_data_transport
+from .spin import BackgroundSpin
 
 NAMESPACE = "/soak"
 NODE_FQN = f"{NAMESPACE}/davss_segmenter"
@@ -202,8 +203,7 @@ def run_soak(cfg: SoakConfig, progress=print) -> dict:
         cam.create_subscription(DiagnosticArray, "/diagnostics", rec.on_diag, reliable)
         executor = SingleThreadedExecutor(context=ctx)
         executor.add_node(cam)
-        spin = threading.Thread(target=executor.spin, name="soak_executor", daemon=True)
-        spin.start()
+        spin = BackgroundSpin(executor, name="soak_executor")
 
         # Ready: the node process is up, active and matched both ways.
         deadline = time.monotonic() + cfg.start_timeout_s
@@ -307,13 +307,12 @@ def run_soak(cfg: SoakConfig, progress=print) -> dict:
             keys = set(rec.key_stamps)
     finally:
         stop.set()
-        if executor is not None:
+        stopped = spin is None or spin.stop()  # before destroying anything: see spin.py
+        if executor is not None and stopped:
             executor.shutdown(timeout_sec=2.0)
-        if cam is not None:
+        if cam is not None and stopped:
             cam.destroy_node()
         rclpy.try_shutdown(context=ctx)
-        if spin is not None:
-            spin.join(5.0)
         rc = _stop_node(proc)
         log.close()
 

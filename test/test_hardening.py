@@ -607,7 +607,7 @@ def test_100_deactivate_activate_cycles_under_input_leak_nothing(stream, probe, 
     assert growth < 40, f"RSS grew {growth:.1f} MB over 100 cycles"
     # The executor survived every subscription teardown (no QoS event handlers to race
     # with), and the camera side sees exactly one subscription on the image topic.
-    assert seg.thread.is_alive()
+    assert seg.spin.thread.is_alive()
     assert probe.node.count_subscribers(IMAGE) == 1
     stream.send([image_msg(textured(), 11_000.0)])  # and the node still segments
 

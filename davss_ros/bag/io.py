@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..ros.image import ENCODINGS as _ENCODINGS  # pixel formats, shared with the node
+from ..ros.image import INPUT_ENCODINGS  # noqa: F401  (re-exported: what the node accepts)
+
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 FRAME_INFO_TYPE = "davss_msgs/msg/FrameInfo"
@@ -35,17 +38,6 @@ DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 DEFAULT_LABELS_TOPIC = "/camera/labels_gt"
 STORAGES = ("mcap", "sqlite3")
 
-# encoding -> (channels, dtype) of the pixel formats this module converts.
-_ENCODINGS: dict[str, tuple[int, np.dtype]] = {
-    "rgb8": (3, np.dtype(np.uint8)),
-    "bgr8": (3, np.dtype(np.uint8)),
-    "rgba8": (4, np.dtype(np.uint8)),
-    "bgra8": (4, np.dtype(np.uint8)),
-    "mono8": (1, np.dtype(np.uint8)),
-    "32FC1": (1, np.dtype(np.float32)),
-}
-# What the segmenter node accepts on its input (davss_ros.ros.image.INPUT_ENCODINGS).
-INPUT_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 
 
 class BagError(Exception):

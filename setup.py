@@ -16,6 +16,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        ("share/" + package_name + "/config/train", glob("config/train/*.yaml")),
         ("share/" + package_name + "/weights", glob(package_name + "/weights/*.pt")),
     ],
     python_requires=">=3.10",

@@ -1,0 +1,255 @@
+"""The four training stages as modules: ``forward(batch)`` -> losses.
+
+- 0 ``SegmenterStep``: DeepLabv3+ cross-entropy on labelled frames.
+- 1 ``FlowStep``: FlowNet-S end-point error against true flow at 1/4 resolution.
+- 2 ``DMNetStep``: the key frame's logits and 1/4 image are propagated frame by frame from
+  F_{t-j} to F_t with the frozen flow; DMNet learns where argmax(propagated) differs from
+  argmax(segmenter on F_t).
+- 3 ``DDSStep``: dual deep supervision of the flow (when learned) and CFNet: F1 -> F2 -> F3
+  with two warps (flows computed between those frames directly, as in the paper's
+  training), L_P, L_C and L_DGFL on F2 (pseudo label) and F3 (ground truth); and the Accel
+  baseline's branch and fusion on the same (detached) propagated logits.
+
+Frozen networks run in eval mode without gradients; the propagation matches the pipeline
+(key image = ``avg_pool2d(frame, 4)``, backward warping, raw warped logits propagated).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from davss_ros.model import DavssNet, warp
+from davss_ros.model.flow import FlowProvider, LearnedFlow
+
+from .losses import (
+    DDSSwitches,
+    combine_dds,
+    distortion_loss,
+    distortion_target,
+    flow_epe,
+    frame_losses,
+    pseudo_label,
+    quarter_flow,
+    segmentation_loss,
+)
+
+IMAGE_KEYS = ("image", "frames")
+
+
+def prepare_batch(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """Loader output -> tensors on ``device``: uint8 images to float in [0, 1], labels and
+    indices to int64."""
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device, non_blocking=True)
+        if k in IMAGE_KEYS:
+            v = v.float().div_(255.0)
+        elif k in ("label", "distance", "indices", "frame_ids"):
+            v = v.long()
+        elif k == "valid":
+            v = v.bool()
+        out[k] = v
+    return out
+
+
+def set_trainable(net: DavssNet, names: set[str]) -> list[str]:
+    """Train (mode and gradients) the named sub-networks of ``net``, freeze the rest (eval
+    mode, no gradients). Returns the names actually trained."""
+    trained = []
+    for name, child in net.named_children():
+        on = name in names
+        child.train(on)
+        for p in child.parameters():
+            p.requires_grad_(on)
+        if on:
+            trained.append(name)
+    return trained
+
+
+def _scalars(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in out.items()}
+
+
+class SegmenterStep(nn.Module):
+    """Stage 0: cross-entropy of the segmenter's logits (x4 upsampled) on labelled frames."""
+
+    def __init__(self, net: DavssNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        loss = segmentation_loss(self.net.segmenter(batch["image"]), batch["label"])
+        return {"loss": loss, "CE": loss.detach()}
+
+
+class FlowStep(nn.Module):
+    """Stage 1: end-point error of FlowNet-S at 1/4 resolution on the valid pixels."""
+
+    def __init__(self, net: DavssNet, valid_fraction: float = 0.75) -> None:
+        super().__init__()
+        if net.flownet is None:
+            raise ValueError("stage 1 needs a flow network (model.flow.provider: learned)")
+        self.net = net
+        self.valid_fraction = valid_fraction
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        frames = batch["frames"]
+        pred = self.net.flownet(frames[:, 0], frames[:, 1])
+        target, valid = quarter_flow(batch["flow"], batch["valid"], self.valid_fraction)
+        epe = flow_epe(pred, target, valid)
+        return {"loss": epe, "EPE": epe.detach(), "valid": valid.float().mean()}
+
+
+class LogitCache:
+    """What the frozen segmenter makes of each (un-augmented) training frame, computed once.
+
+    Stages 2 and 3 run the frozen segmenter on key frames, current frames and F2 again and
+    again; without augmentation the logits of a frame never change, so they are kept
+    (float32, on the training device: about 4 x C x H/4 x W/4 bytes per frame)."""
+
+    def __init__(self) -> None:
+        self.store: dict[int, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def __call__(self, segmenter: nn.Module, frames: torch.Tensor,
+                 ids: torch.Tensor) -> torch.Tensor:
+        keys = [int(i) for i in ids.tolist()]
+        todo = sorted({k for k in keys if k not in self.store})
+        if todo:
+            first = {k: keys.index(k) for k in todo}
+            out = segmenter(frames[[first[k] for k in todo]])
+            for k, logits in zip(todo, out, strict=True):
+                self.store[k] = logits
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        return torch.stack([self.store[k] for k in keys])
+
+
+def _segment(net: DavssNet, frames: torch.Tensor, ids: torch.Tensor | None,
+             cache: LogitCache | None) -> torch.Tensor:
+    if cache is None or ids is None:
+        return net.segmenter(frames)
+    return cache(net.segmenter, frames, ids)
+
+
+@torch.no_grad()
+def propagate_chain(net: DavssNet, flow: FlowProvider, frames: torch.Tensor,
+                    distance: torch.Tensor, *, frame_ids: torch.Tensor | None = None,
+                    cache: LogitCache | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Propagate each sample's key frame to the last frame, one frame at a time.
+
+    ``frames`` is N x L x 3 x H x W with sample b's chain in its last ``distance[b] + 1``
+    slots (key frame at L - 1 - distance[b]). Returns the propagated logits and key image
+    (1/4 resolution) at the last frame, and the segmenter's logits on the last frame.
+    With a ``cache``, the segmenter's logits come from it by ``frame_ids`` (N x L).
+    """
+    n, length = frames.shape[:2]
+    if distance.min() < 1 or distance.max() > length - 1:
+        raise ValueError(f"distances must lie in 1..{length - 1}, got {distance.tolist()}")
+    start = (length - 1) - distance
+    rows = torch.arange(n, device=frames.device)
+    keys = frames[rows, start]
+    current = frames[:, -1]
+    ids = None if frame_ids is None else torch.cat([frame_ids[rows, start], frame_ids[:, -1]])
+    logits = _segment(net, torch.cat([keys, current]), ids, cache)
+    prop, current_logits = logits[:n].clone(), logits[n:]
+    prop_image = F.avg_pool2d(keys, 4)
+    for s in range(1, length):
+        active = torch.nonzero(start < s).flatten()
+        if active.numel() == 0:
+            continue
+        f = flow(frames[active, s], frames[active, s - 1])
+        prop[active] = warp(prop[active], f)
+        prop_image[active] = warp(prop_image[active], f)
+    return prop, prop_image, current_logits
+
+
+class DMNetStep(nn.Module):
+    """Stage 2: BCE of DMNet's map against argmax(propagated) != argmax(current)."""
+
+    def __init__(self, net: DavssNet, flow: FlowProvider, *,
+                 cache: LogitCache | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.flow = flow
+        self.cache = cache
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        frames = batch["frames"]
+        prop, prop_image, current_logits = propagate_chain(
+            self.net, self.flow, frames, batch["distance"], frame_ids=batch.get("frame_ids"),
+            cache=self.cache)
+        target = distortion_target(prop, current_logits)
+        m = self.net.dmnet(prop_image, F.avg_pool2d(frames[:, -1], 4))
+        loss = distortion_loss(m, target)
+        return {"loss": loss, "BCE": loss.detach(), "target_mean": target.mean(),
+                "M_mean": m.detach().mean()}
+
+
+class DDSStep(nn.Module):
+    """Stage 3: dual deep supervision of flow (learned) and CFNet, plus the Accel branch.
+
+    ``batch['frames']`` is N x 3 x 3 x H x W (F1 key, F2, F3), ``batch['label']`` F3's
+    ground truth. Returns ``L_P``, ``L_C``, ``L_DGFL`` (when on), ``total`` = their mean
+    (Eq. 7), ``L_accel`` (when on) and ``loss`` = total + L_accel (disjoint parameters).
+    """
+
+    def __init__(self, net: DavssNet, flow: FlowProvider, *,
+                 switches: DDSSwitches | None = None, accel: bool = True,
+                 train_flow: bool = True, cache: LogitCache | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.flow = flow
+        self.cache = cache
+        self.switches = switches or DDSSwitches()
+        self.accel = accel
+        self.train_flow = train_flow and isinstance(flow, LearnedFlow)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.losses(batch)
+        loss = out["total"] + out["L_accel"] if self.accel else out["total"]
+        out = _scalars(out)
+        out["loss"] = loss
+        return out
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The terms with their graphs (``forward`` detaches all but ``loss``)."""
+        net, sw = self.net, self.switches
+        frames, label = batch["frames"], batch["label"]
+        f1, f2, f3 = frames.unbind(1)
+        size = label.shape[-2:]
+        ids = batch.get("frame_ids")
+        with torch.no_grad():
+            if sw.dds:
+                logits = _segment(net, torch.cat([f1, f2]),
+                                  None if ids is None else torch.cat([ids[:, 0], ids[:, 1]]),
+                                  self.cache)
+                key, on_f2 = logits.chunk(2)
+                steps = [(f2, f1, pseudo_label(on_f2, size)), (f3, f2, label)]
+            else:
+                key = _segment(net, f1, None if ids is None else ids[:, 0], self.cache)
+                steps = [(f3, f1, label)]
+        prop, prop_image = key, F.avg_pool2d(f1, 4)
+        terms, accel_terms = [], []
+        for current, previous, target in steps:
+            with torch.set_grad_enabled(self.train_flow and torch.is_grad_enabled()):
+                flow = self.flow(current, previous)
+            prop = warp(prop, flow)
+            prop_image = warp(prop_image, flow)
+            m = net.dmnet(prop_image, F.avg_pool2d(current, 4))
+            cue = net.cfnet(current)
+            terms.append(frame_losses(prop, cue, m, target, sw))
+            if self.accel:
+                fused = net.accel_fusion(prop.detach(), net.accel_cfnet(current))
+                accel_terms.append(segmentation_loss(fused, target))
+        out = combine_dds(terms)
+        if self.accel:
+            out["L_accel"] = torch.stack(accel_terms).mean()
+        out["M_mean"] = m.detach().mean()
+        return out

@@ -1,0 +1,469 @@
+"""davss train: stage wiring on tiny models, a smoke run of every stage, resuming, data errors."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from davss_ros.checkpoint import load_checkpoint
+from davss_ros.cli import main as davss_main
+from davss_ros.config import load_config
+from davss_ros.data.imageio import write_label
+from davss_ros.data.synthetic import write_cityscapes_layout
+from davss_ros.model import build_davss_net, build_flow
+from davss_ros.pipeline import VideoSegmenter
+from davss_ros.train.config import load_train_config
+from davss_ros.train.data import (
+    Augment,
+    DistortionClips,
+    LabelledFrames,
+    TripletClips,
+    open_source,
+)
+from davss_ros.train.engine import ResumableSampler
+from davss_ros.train.losses import DDSSwitches
+from davss_ros.train.stages import DDSStep, LogitCache, propagate_chain, set_trainable
+
+H, W = 64, 128
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"input_height": H, "input_width": W,
+              "segmenter": {"backbone": "resnet18", "width_mult": 0.25, "aspp_channels": 16,
+                            "decoder_channels": 16, "low_level_channels": 8},
+              "cfnet": {"width_mult": 0.125}}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """4 train and 2 val synthetic clips, 64x128, 20 frames, labels on every frame."""
+    root = tmp_path_factory.mktemp("synthetic")
+    write_cityscapes_layout(root, "train", 4, H, W, seed=5, frames=20, progress=False)
+    write_cityscapes_layout(root, "val", 2, H, W, seed=5, frames=20, progress=False)
+    return root
+
+
+def tiny_config(root, *, learned=False, **stages):
+    model = dict(TINY_MODEL)
+    if learned:
+        model["flow"] = {"provider": "learned", "width": 0.125}
+    base = {0: {"iterations": 3, "batch_size": 2, "log_every": 1, "val_images": 2},
+            1: {"iterations": 2, "batch_size": 2, "pair_height": H, "pair_width": W},
+            2: {"iterations": 2, "batch_size": 2, "max_distance": 3},
+            3: {"iterations": 2, "batch_size": 2, "max_distance": 4}}
+    for n, extra in stages.items():
+        base[int(n[1:])].update(extra)
+    return {"dataset": {"kind": "synthetic", "root": str(root), "cache": True,
+                        "snippet_length": 20},
+            "model": model, "stages": base, "seed": 0, "num_workers": 0}
+
+
+def write_config(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def train(config_path, out, *extra):
+    return davss_main(["train", "--config", str(config_path), "--out", str(out),
+                       "--no-progress", *extra])
+
+
+def _batch(source, seed=0):
+    ds = TripletClips(source, min_distance=2, max_distance=4, augment=Augment(), seed=seed)
+    items = [ds[(i, (0, i))] for i in range(2)]
+    frames = torch.from_numpy(np.stack([it["frames"] for it in items])).float() / 255
+    label = torch.from_numpy(np.stack([it["label"] for it in items])).long()
+    return {"frames": frames, "label": label}
+
+
+def _dds(learned=False, **switches):
+    cfg = load_config({"model": {**TINY_MODEL, **(
+        {"flow": {"provider": "learned", "width": 0.125}} if learned else {})}}).model
+    torch.manual_seed(0)
+    net = build_davss_net(cfg)
+    set_trainable(net, {"cfnet", "accel_cfnet", "accel_fusion"} | (
+        {"flownet"} if learned else set()))
+    net.segmenter.eval()
+    step = DDSStep(net, build_flow(cfg.flow, net.flownet), switches=DDSSwitches(**switches))
+    return net, step
+
+
+def _perturb(module, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def _losses(step, batch):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return {k: float(v) for k, v in step(batch).items()}
+
+
+# --------------------------------------------------------------------- DDS wiring
+
+
+def test_perturbing_cfnet_moves_l_c_and_l_dgfl_but_not_l_p(data_root):
+    batch = _batch(open_source("synthetic", data_root, "train", snippet_length=20))
+    net, step = _dds()
+    before = _losses(step, batch)
+    _perturb(net.cfnet)
+    after = _losses(step, batch)
+    assert after["L_P"] == pytest.approx(before["L_P"], abs=1e-6)
+    assert after["L_C"] != pytest.approx(before["L_C"], abs=1e-6)
+    assert after["L_DGFL"] != pytest.approx(before["L_DGFL"], abs=1e-6)
+    assert after["total"] == pytest.approx((after["L_P"] + after["L_C"] + after["L_DGFL"]) / 3)
+
+
+class ConstantMap(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, warped, current):
+        return torch.full_like(current[:, :1], self.value)
+
+
+def test_changing_the_distortion_map_moves_l_c_and_l_dgfl_but_not_l_p(data_root):
+    batch = _batch(open_source("synthetic", data_root, "train", snippet_length=20))
+    net, step = _dds()
+    net.dmnet = ConstantMap(0.2)
+    low = _losses(step, batch)
+    net.dmnet = ConstantMap(0.8)
+    high = _losses(step, batch)
+    assert high["L_P"] == pytest.approx(low["L_P"], abs=1e-6)
+    assert high["L_C"] != pytest.approx(low["L_C"], abs=1e-6)
+    assert high["L_DGFL"] == pytest.approx(low["L_DGFL"] * 4, rel=1e-4)  # linear in M
+
+
+def test_without_dgfc_the_distortion_map_only_moves_l_dgfl(data_root):
+    batch = _batch(open_source("synthetic", data_root, "train", snippet_length=20))
+    net, step = _dds(dgfc=False)
+    net.dmnet = ConstantMap(0.2)
+    low = _losses(step, batch)
+    net.dmnet = ConstantMap(0.8)
+    high = _losses(step, batch)
+    assert high["L_C"] == pytest.approx(low["L_C"], abs=1e-6)
+    assert high["L_DGFL"] != pytest.approx(low["L_DGFL"], abs=1e-6)
+
+
+def test_perturbing_a_learned_flow_net_moves_l_p(data_root):
+    batch = _batch(open_source("synthetic", data_root, "train", snippet_length=20))
+    net, step = _dds(learned=True)
+    before = _losses(step, batch)
+    _perturb(net.flownet)
+    after = _losses(step, batch)
+    assert after["L_P"] != pytest.approx(before["L_P"], abs=1e-6)
+
+
+def test_learned_flow_gets_gradients_from_l_p_and_not_from_the_accel_branch(data_root):
+    batch = _batch(open_source("synthetic", data_root, "train", snippet_length=20))
+    net, step = _dds(learned=True)
+    out = step.losses(batch)
+    out["L_accel"].backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in net.flownet.parameters())
+    # the fusion starts as identity on f_P and zero on the cue, so its weights move first
+    assert any(p.grad is not None and p.grad.abs().max() > 0
+               for p in net.accel_fusion.parameters())
+    out["L_P"].backward()  # L_P's only trainable part is the flow
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in net.flownet.parameters())
+    assert all(p.grad is None for p in net.cfnet.parameters())
+
+
+def test_dgfl_switch_removes_the_term_and_total_averages_the_rest(data_root):
+    batch = _batch(open_source("synthetic", data_root, "train", snippet_length=20))
+    _, step = _dds(dgfl=False)
+    out = _losses(step, batch)
+    assert "L_DGFL" not in out
+    assert out["total"] == pytest.approx((out["L_P"] + out["L_C"]) / 2)
+
+
+def test_without_dds_the_intermediate_frame_plays_no_part(data_root):
+    batch = _batch(open_source("synthetic", data_root, "train", snippet_length=20))
+    other = {k: v.clone() for k, v in batch.items()}
+    other["frames"][:, 1] = torch.rand_like(other["frames"][:, 1])
+    _, with_dds = _dds()
+    _, without = _dds(dds=False)
+    assert _losses(without, batch) == pytest.approx(_losses(without, other), abs=1e-6)
+    assert _losses(with_dds, batch)["L_P"] != pytest.approx(_losses(with_dds, other)["L_P"],
+                                                            abs=1e-6)
+
+
+def test_accel_switch_drops_the_accel_loss(data_root):
+    batch = _batch(open_source("synthetic", data_root, "train", snippet_length=20))
+    net, step = _dds()
+    assert "L_accel" in _losses(step, batch)
+    step.accel = False
+    assert "L_accel" not in _losses(step, batch)
+
+
+# ---------------------------------------------------------------------- stage 2
+
+
+def test_dmnet_chain_propagates_from_each_samples_own_key_frame(data_root):
+    source = open_source("synthetic", data_root, "train", snippet_length=20)
+    ds = DistortionClips(source, max_distance=4, augment=Augment(), seed=0)
+    item = ds[(0, (0, 0))]
+    j = int(item["distance"])
+    frames = torch.from_numpy(item["frames"]).float()[None] / 255
+    cfg = load_config({"model": TINY_MODEL}).model
+    net = build_davss_net(cfg).eval()
+    flow = build_flow(cfg.flow)
+    prop, prop_img, cur = propagate_chain(net, flow, frames, torch.tensor([j]))
+    noisy = frames.clone()
+    noisy[:, : 4 - j] = torch.rand_like(noisy[:, : 4 - j])  # the padding before the key
+    prop2, _, _ = propagate_chain(net, flow, noisy, torch.tensor([j]))
+    assert torch.equal(prop, prop2)
+    # by hand: key logits warped one frame at a time
+    with torch.no_grad():
+        ref = net.segmenter(frames[:, 4 - j])
+        for s in range(5 - j, 5):
+            from davss_ros.model import warp
+
+            ref = warp(ref, flow(frames[:, s], frames[:, s - 1]))
+    assert torch.allclose(prop, ref, atol=1e-5)
+    assert prop_img.shape == (1, 3, H // 4, W // 4) and cur.shape == ref.shape
+
+
+def test_cached_segmenter_logits_give_the_same_losses_with_less_work(data_root):
+    source = open_source("synthetic", data_root, "train", snippet_length=20)
+    ds = TripletClips(source, min_distance=2, max_distance=4, augment=Augment(), seed=0)
+    items = [ds[(i, (0, i))] for i in range(2)]
+    batch = {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+    batch["frames"] = batch["frames"].float() / 255
+    batch["label"] = batch["label"].long()
+    net, plain = _dds()
+    cached = DDSStep(net, plain.flow, cache=LogitCache())
+    ref = _losses(plain, batch)
+    assert _losses(cached, batch) == pytest.approx(ref, abs=1e-6)
+    assert cached.cache.misses == 4 and cached.cache.hits == 0
+    assert _losses(cached, batch) == pytest.approx(ref, abs=1e-6)
+    assert cached.cache.misses == 4 and cached.cache.hits == 4
+    # stage 2 as well
+    dm = DistortionClips(source, max_distance=4, augment=Augment(), seed=0)
+    items = [dm[(i, (0, i))] for i in range(2)]
+    frames = torch.from_numpy(np.stack([it["frames"] for it in items])).float() / 255
+    dist = torch.tensor([int(it["distance"]) for it in items])
+    ids = torch.from_numpy(np.stack([it["frame_ids"] for it in items]))
+    flow = build_flow(net.config.flow)
+    a = propagate_chain(net, flow, frames, dist)
+    b = propagate_chain(net, flow, frames, dist, frame_ids=ids, cache=LogitCache())
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b, strict=True))
+
+
+def test_logit_cache_is_refused_with_augmentation(tmp_path):
+    with pytest.raises(ValueError, match="cache_logits"):
+        load_train_config(tiny_config(tmp_path, s3={"cache_logits": True, "flip": True}))
+
+
+# --------------------------------------------------------------------- smoke runs
+
+
+@pytest.mark.parametrize("learned", [False, True], ids=["dis", "learned"])
+def test_every_stage_runs_and_final_checkpoint_drives_the_pipeline(tmp_path, data_root, learned,
+                                                                   capsys):
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(data_root, learned=learned))
+    assert train(cfg, tmp_path / "out") == 0
+    log = capsys.readouterr().out
+    out = tmp_path / "out"
+    for n in range(4):
+        ck = load_checkpoint(out / f"stage{n}.pt")
+        assert ck.meta["finished"] and ck.meta["stage"] == n
+        assert not (out / f"stage{n}.state.pt").exists()
+    assert (out / "stage1.csv").exists() == learned
+    for n in (0, 2, 3):
+        with open(out / f"stage{n}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and {"iteration", "lr", "time", "img_per_s"} <= set(rows[0])
+    with open(out / "stage3.csv") as f:
+        assert {"L_P", "L_C", "L_DGFL", "total", "L_accel"} <= set(next(csv.DictReader(f)))
+    final = load_checkpoint(out / "final.pt")
+    assert final.meta["trained_by"] == "davss train"
+    for mode in ("davss", "accel", "dff", "per_frame"):
+        runtime = {"mode": mode, "input_height": H, "input_width": W,
+                   "flow": {"provider": "learned" if learned else "dis"}}
+        seg = VideoSegmenter({"model": runtime}, checkpoint=out / "final.pt", device="cpu")
+        frames = [np.random.default_rng(i).integers(0, 256, (H, W, 3), np.uint8)
+                  for i in range(3)]
+        for f in frames:
+            r = seg.step(f)
+            assert r.labels.shape == (H, W) and r.valid
+    assert "wrote" in log
+
+
+def test_stage1_is_skipped_with_dis_flow(tmp_path, data_root, capsys):
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(
+        data_root, s0={"iterations": 1}, s2={"enabled": False}, s3={"enabled": False}))
+    assert train(cfg, tmp_path / "out") == 0
+    assert "stage 1 (flow network): skipped, flow provider is 'dis'" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "out" / "stage1.pt").meta["summary"]["skipped"]
+
+
+# ------------------------------------------------------------------------ resume
+
+
+def _weights(path):
+    return load_checkpoint(path).state_dict
+
+
+def test_rerun_skips_finished_stages(tmp_path, data_root, capsys):
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(data_root))
+    out = tmp_path / "out"
+    assert train(cfg, out) == 0
+    stamps = {n: (out / f"stage{n}.pt").stat().st_mtime_ns for n in range(4)}
+    capsys.readouterr()
+    assert train(cfg, out) == 0
+    text = capsys.readouterr().out
+    assert all(f"stage {n} (" in text and "finished earlier" in text for n in range(4))
+    assert {n: (out / f"stage{n}.pt").stat().st_mtime_ns for n in range(4)} == stamps
+    # a changed stage-3 setting retrains stage 3 only
+    data = tiny_config(data_root, s3={"iterations": 3})
+    write_config(cfg, data)
+    assert train(cfg, out) == 0
+    text = capsys.readouterr().out
+    assert "stage 2 (DMNet): finished earlier" in text and "settings changed" in text
+    assert load_checkpoint(out / "stage3.pt").meta["iteration"] == 3
+    assert (out / "stage2.pt").stat().st_mtime_ns == stamps[2]
+
+
+def test_interrupted_stage_resumes_from_its_state_file_and_matches_an_uninterrupted_run(
+        tmp_path, data_root, capsys):
+    data = tiny_config(data_root, s0={"iterations": 4, "val_images": 0},
+                       s2={"enabled": False}, s3={"enabled": False})
+    cfg = write_config(tmp_path / "tiny.yaml", data)
+    assert train(cfg, tmp_path / "straight") == 0
+    out = tmp_path / "resumed"
+    assert train(cfg, out, "--stop-after", "2") == 0
+    assert not (out / "final.pt").exists()
+    ck = load_checkpoint(out / "stage0.pt")
+    assert ck.meta["iteration"] == 2 and not ck.meta["finished"]
+    state = torch.load(out / "stage0.state.pt", weights_only=True)
+    assert state["iteration"] == 2 and state["optimizer"]["state"]
+    capsys.readouterr()
+    assert train(cfg, out) == 0
+    assert "stage 0: resuming at iteration 2" in capsys.readouterr().out
+    with open(out / "stage0.csv") as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    a, b = _weights(tmp_path / "straight" / "final.pt"), _weights(out / "final.pt")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_force_retrains_finished_stages(tmp_path, data_root, capsys):
+    data = tiny_config(data_root, s0={"iterations": 1, "val_images": 0},
+                       s2={"enabled": False}, s3={"enabled": False})
+    cfg = write_config(tmp_path / "tiny.yaml", data)
+    assert train(cfg, tmp_path / "out") == 0
+    capsys.readouterr()
+    assert train(cfg, tmp_path / "out", "--force") == 0
+    assert "finished earlier" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------ data
+
+
+def test_augmentation_crops_and_flips_frames_labels_and_flow_alike():
+    columns = np.tile(np.arange(32, dtype=np.uint8), (16, 1))
+    frame = np.stack([columns, columns, columns], axis=-1)
+    flow = np.zeros((16, 32, 2), np.float32)
+    flow[..., 0] = 2.0
+    aug = Augment(crop=(8, 8), flip=True)
+    flips = set()
+    for seed in range(8):
+        (f1, f2), (lab,), (fl,), _ = aug(np.random.default_rng(seed), [frame, frame.copy()],
+                                         [columns], flows=[flow])
+        assert f1.shape == (8, 8, 3) and lab.shape == (8, 8) and fl.shape == (8, 8, 2)
+        assert np.array_equal(f1, f2) and np.array_equal(f1[..., 0], lab)
+        flipped = bool(lab[0, 1] < lab[0, 0])
+        flips.add(flipped)
+        assert fl[0, 0, 0] == (-2.0 if flipped else 2.0)
+    assert flips == {True, False}
+
+
+def test_rescaling_scales_the_flow_with_the_image():
+    flow = np.full((16, 32, 2), 2.0, np.float32)
+    frame = np.zeros((16, 32, 3), np.uint8)
+    (f,), _, (fl,), _ = Augment(scale=(2.0, 2.0))(np.random.default_rng(0), [frame],
+                                                    flows=[flow])
+    assert f.shape == (32, 64, 3) and np.allclose(fl, 4.0)
+
+
+def test_sampler_resumes_mid_epoch_with_the_same_keys():
+    ds = list(range(10))
+    full = ResumableSampler(ds, num_replicas=1, rank=0, seed=3)
+    full.set_epoch(2)
+    keys = list(full)
+    part = ResumableSampler(ds, num_replicas=1, rank=0, seed=3)
+    part.set_epoch(2)
+    part.set_start(4)
+    assert list(part) == keys[4:]
+    assert sorted(k[0] for k in keys) == ds
+
+
+def _copy_root(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _first_dense_label(root):
+    return sorted((root / "gtFine_sequence" / "train").glob("*/*_000003_gtFine_labelIds.png"))[0]
+
+
+def test_missing_frame_error_names_the_file(tmp_path, data_root):
+    root = _copy_root(data_root, tmp_path / "d")
+    victim = sorted((root / "leftImg8bit_sequence" / "train").glob("*/*_000000_000003_*.png"))[0]
+    victim.unlink()
+    ds = LabelledFrames(open_source("synthetic", root, "train", snippet_length=20),
+                        augment=Augment())
+    index = ds.items.index((0, 3))
+    with pytest.raises(FileNotFoundError, match=victim.name):
+        ds[index]
+
+
+def test_label_id_outside_the_table_error_names_the_file(tmp_path, data_root):
+    root = _copy_root(data_root, tmp_path / "d")
+    victim = _first_dense_label(root)
+    lab = np.full((H, W), 7, np.uint8)
+    lab[0, 0] = 200
+    write_label(victim, lab)
+    ds = LabelledFrames(open_source("synthetic", root, "train", snippet_length=20),
+                        augment=Augment())
+    with pytest.raises(ValueError, match=victim.name):
+        ds[ds.items.index((0, 3))]
+
+
+def test_image_and_label_of_different_sizes_error_names_both_files(tmp_path, data_root):
+    root = _copy_root(data_root, tmp_path / "d")
+    victim = sorted((root / "gtFine" / "train").glob("*/*_gtFine_labelIds.png"))[0]
+    write_label(victim, np.full((H // 2, W // 2), 7, np.uint8))
+    source = open_source("synthetic", root, "train", snippet_length=20)
+    ds = TripletClips(source, min_distance=2, max_distance=4, augment=Augment())
+    with pytest.raises(ValueError, match="size mismatch") as err:
+        for i in range(len(ds)):
+            ds[(i, (0, i))]
+    assert victim.name in str(err.value)
+
+
+def test_missing_data_root_fails_the_command_with_the_path(tmp_path, capsys):
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path / "nowhere"))
+    assert train(cfg, tmp_path / "out") == 1
+    assert "nowhere" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name", ["synthetic_quick", "synthetic_full", "cityscapes", "camvid"])
+def test_shipped_training_configs_load(name):
+    cfg = load_train_config(REPO / "config" / "train" / f"{name}.yaml")
+    assert cfg.stage3.betas == (0.9, 0.99)
+    if name == "camvid":
+        assert cfg.model.model.num_classes == 11 and cfg.stage0.flip
+
+
+def test_unknown_stage_setting_is_an_error_naming_it(tmp_path):
+    data = tiny_config(tmp_path, s2={"max_distnace": 3})
+    with pytest.raises(ValueError, match="max_distnace"):
+        load_train_config(data)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,8 +172,7 @@ class _Replay:
         self.node = None  # in-process SegmenterNode
         self.contexts: list = []
         self.executors: list = []
-        self.threads: list[threading.Thread] = []
-        self.stop = threading.Event()
+        self.threads: list = []  # BackgroundSpin per executor
         self.writer: AtomicBagWriter | None = None
         self.scorer = None
         self.warnings: list[str] = []
@@ -509,7 +507,6 @@ class _Replay:
         """
         import rclpy
 
-        self.stop.set()
         stuck = not all([th.stop(10.0) for th in self.threads])
         if not stuck:
             for ex in self.executors:

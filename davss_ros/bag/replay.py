@@ -25,6 +25,7 @@ new is left that looks complete.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ NODE_NAME = "davss_segmenter"
 IN_PROCESS_NAMESPACE = "davss_replay"
 REPORT_NAME = "report.json"
 PICTURES = ("miou_by_distance.png", "latency_hist.png", "contact_sheet.png")
+# (player node, contexts) of --external replays: never finalised before the process ends,
+# see _Replay._shutdown.
+_KEPT_FOR_PROCESS_EXIT: list = []
 
 
 class ReplayError(BagError):
@@ -523,11 +527,20 @@ class _Replay:
                 pass
             self.node = None
         if getattr(self, "player", None) is not None:
-            try:
-                if not stuck:
-                    self.player.destroy_node()
-            except Exception:
-                pass
+            if self.opts.external:
+                # Deleting the last participant of a context while a node in another process
+                # holds its LARGE_DATA TCP connection open blocks for good in FastDDS 3.2
+                # (TCPChannelResourceBasic::disconnect). The player stays alive, unreferenced
+                # by the garbage collector, until the process ends (the CLI leaves with
+                # os._exit; test processes too, see test/conftest.py).
+                _KEPT_FOR_PROCESS_EXIT.append((self.player, list(self.contexts)))
+                self.contexts = []
+            else:
+                try:
+                    if not stuck:
+                        self.player.destroy_node()
+                except Exception:
+                    pass
             self.player = None
         for ctx in self.contexts:
             rclpy.try_shutdown(context=ctx)
@@ -746,6 +759,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"outputs: {report['output_bag']}  report: {report['report']}")
     if report["files"]:
         print("pictures: " + "  ".join(report["files"].values()))
+    if _KEPT_FOR_PROCESS_EXIT:
+        # Everything is written; leave without finalising the kept participant.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -455,7 +455,7 @@ def test_missing_data_root_fails_the_command_with_the_path(tmp_path, capsys):
 # ---------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("name", ["synthetic_quick", "synthetic_full", "cityscapes", "camvid"])
+@pytest.mark.parametrize("name", ["synthetic_quick", "synthetic_cpu", "cityscapes", "camvid"])
 def test_shipped_training_configs_load(name):
     cfg = load_train_config(REPO / "config" / "train" / f"{name}.yaml")
     assert cfg.stage3.betas == (0.9, 0.99)
@@ -467,3 +467,57 @@ def test_unknown_stage_setting_is_an_error_naming_it(tmp_path):
     data = tiny_config(tmp_path, s2={"max_distnace": 3})
     with pytest.raises(ValueError, match="max_distnace"):
         load_train_config(data)
+
+
+@pytest.mark.parametrize("name,switch", [("no_dds", "dds"), ("no_dgfl", "dgfl"),
+                                         ("no_dgfc", "dgfc")])
+def test_ablation_configs_change_only_their_stage3_switch(name, switch):
+    base = load_train_config(REPO / "config" / "train" / "synthetic_cpu.yaml")
+    abl = load_train_config(REPO / "config" / "train" / "ablation" / f"{name}.yaml")
+    assert getattr(base.stage3, switch) and not getattr(abl.stage3, switch)
+    assert not abl.stage3.accel
+    # stages 0-2 are the same run: --reuse can share them
+    assert all(abl.fingerprint(n) == base.fingerprint(n) for n in range(3))
+    assert abl.fingerprint(3) != base.fingerprint(3)
+
+
+def test_extends_merges_mappings_at_every_depth_and_rejects_loops(tmp_path, data_root):
+    write_config(tmp_path / "base.yaml", tiny_config(data_root))
+    (tmp_path / "child.yaml").write_text(
+        "extends: base.yaml\nstages:\n  3: {dgfl: false}\nseed: 4\n")
+    base = load_train_config(tmp_path / "base.yaml")
+    child = load_train_config(tmp_path / "child.yaml")
+    assert child.seed == 4 and not child.stage3.dgfl
+    assert child.stage3.max_distance == base.stage3.max_distance == 4
+    assert child.model.model.segmenter.width_mult == 0.25
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_train_config(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        load_train_config(tmp_path / "orphan.yaml")
+
+
+def test_reuse_copies_matching_finished_stages_and_retrains_the_rest(tmp_path, data_root,
+                                                                      capsys):
+    cfg = write_config(tmp_path / "base.yaml", tiny_config(data_root))
+    assert train(cfg, tmp_path / "base") == 0
+    abl = write_config(tmp_path / "abl.yaml", tiny_config(data_root, s3={"dgfc": False}))
+    capsys.readouterr()
+    assert train(abl, tmp_path / "abl", "--reuse", str(tmp_path / "base")) == 0
+    text = capsys.readouterr().out
+    assert all(f"stage {n}: reusing" in text for n in range(3))
+    assert "stage 3: reusing" not in text
+    for n in range(3):
+        assert (tmp_path / "abl" / f"stage{n}.pt").read_bytes() == \
+            (tmp_path / "base" / f"stage{n}.pt").read_bytes()
+    a, b = _weights(tmp_path / "base" / "final.pt"), _weights(tmp_path / "abl" / "final.pt")
+    shared = [k for k in a if k.startswith(("segmenter.", "dmnet."))]
+    assert shared and all(torch.equal(a[k], b[k]) for k in shared)
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("cfnet."))
+    # trained against a constant fusion map, the final checkpoint fuses with it too
+    assert load_checkpoint(tmp_path / "abl" / "final.pt").config.model.distortion_map == \
+        "constant"
+    assert load_checkpoint(tmp_path / "base" / "final.pt").config.model.distortion_map == \
+        "predicted"

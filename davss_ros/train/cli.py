@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, metavar="CHECKPOINT",
                         help="start from these weights (same architecture), e.g. a "
                              "pretrained segmenter with stages.0.enabled: false")
+    parser.add_argument("--reuse", default=None, metavar="DIR",
+                        help="take finished stages from another run's folder where their "
+                             "settings match (e.g. ablations that change stage 3 only)")
     parser.add_argument("--device", default=None,
                         help="auto, cpu or cuda (overrides the config's device)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, Path(args.out), ctx, force=args.force,
                           from_stage=args.from_stage, stop_after=args.stop_after,
-                          init=args.init)
+                          init=args.init, reuse=args.reuse)
         final = trainer.run()
     except (FileNotFoundError, ValueError) as exc:
         print(f"davss train: {exc}", file=sys.stderr)

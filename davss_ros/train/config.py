@@ -260,16 +260,44 @@ def load_train_config(source: str | Path | dict[str, Any]) -> TrainConfig:
         where = str(path)
         if not path.is_file():
             raise FileNotFoundError(f"training config not found: {path}")
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+        data = _read_yaml(path)
     try:
         cfg = _parse(data)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{where}: {exc}") from exc
     cfg.source = "" if isinstance(source, dict) else str(source)
     return cfg
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A training YAML as a dict, with ``extends: BASE.yaml`` (relative to the file) resolved:
+    the file's mappings are merged into the base's, key by key, at every depth."""
+    resolved = path.resolve()
+    if resolved in chain:
+        raise ValueError(f"{path}: 'extends' loops back to {resolved}")
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise ValueError(f"{path}: 'extends' must be a file name, got {base_name!r}")
+    base = _read_yaml(path.parent / base_name, chain + (resolved,))
+    return _merge(base, data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _parse(data: dict[str, Any]) -> TrainConfig:

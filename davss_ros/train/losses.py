@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from davss_ros.classes import IGNORE_ID
+from davss_ros.model.fusion import CONSTANT_DISTORTION
 
 
 def upsample_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -93,9 +94,9 @@ class DDSSwitches:
 
 
 # Without DGFC the correction cannot tell distorted from intact pixels; the ablation fuses
-# with this constant weight everywhere (an even blend of f_P and f_CC), the same value the
-# inference option must use.
-NO_DGFC_WEIGHT = 0.5
+# with this constant weight everywhere (an even blend of f_P and f_CC). It is the model's
+# constant, so inference with ModelConfig.distortion_map = "constant" fuses the same way.
+NO_DGFC_WEIGHT = CONSTANT_DISTORTION
 
 
 def fusion_weight(distortion_map: torch.Tensor, dgfc: bool) -> torch.Tensor:

@@ -17,7 +17,9 @@ settings changed is retrained, and so are the stages after it. ``force`` retrain
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,15 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from davss_ros.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
+from davss_ros.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from davss_ros.classes import default_class_names, default_palette
+from davss_ros.config import DavssConfig
 from davss_ros.model import DavssNet, build_davss_net, build_flow
 
 from .config import TrainConfig
@@ -129,8 +138,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: str | Path, ctx: Context, *,
                  force: bool = False, from_stage: int | None = None,
-                 stop_after: int | None = None, init: str | Path | None = None) -> None:
+                 stop_after: int | None = None, init: str | Path | None = None,
+                 reuse: str | Path | None = None) -> None:
         self.cfg, self.out, self.ctx = cfg, Path(out), ctx
+        self.reuse = Path(reuse) if reuse is not None else None
         self.force, self.from_stage = force, from_stage
         self.budget = StepBudget(stop_after)
         self.init = init
@@ -159,6 +170,8 @@ class Trainer:
             if self.from_stage is not None and n >= self.from_stage:
                 rerun = True
             existing = None
+            if not rerun and not ck_path.is_file():
+                self._take_reused(n, fp)
             if not rerun and ck_path.is_file():
                 existing = load_checkpoint(ck_path)
                 if existing.meta.get("fingerprint") != fp:
@@ -191,6 +204,28 @@ class Trainer:
         if pending is not None:
             load_weights(net, pending)
         return self._write_final(net)
+
+    def _take_reused(self, n: int, fp: str) -> None:
+        """Copy stage ``n`` from the ``reuse`` folder when it finished there with the same
+        fingerprint (same settings for this stage and those before it), so runs that differ
+        in later stages only (the ablations) share the earlier ones instead of retraining."""
+        if self.reuse is None:
+            return
+        src = self.reuse / f"stage{n}.pt"
+        if not src.is_file():
+            return
+        try:
+            meta = load_checkpoint(src).meta
+        except CheckpointError as exc:
+            self.ctx.log(f"stage {n}: not reusing {src}: {exc}")
+            return
+        if meta.get("fingerprint") != fp or not meta.get("finished"):
+            self.ctx.log(f"stage {n}: not reusing {src} (other settings, or unfinished)")
+            return
+        if self.ctx.is_main:
+            shutil.copyfile(src, self._paths(n)[0])
+            self.ctx.log(f"stage {n}: reusing {src}")
+        self.ctx.barrier()
 
     def _paths(self, n: int) -> tuple[Path, Path]:
         return self.out / f"stage{n}.pt", self.out / f"stage{n}.state.pt"
@@ -311,11 +346,22 @@ class Trainer:
             names, palette = label_table(self.cfg)
             meta = {"trained_by": "davss train", "config_file": self.cfg.source,
                     "train_config": self.cfg.to_dict(), "stages": self.summary}
-            save_checkpoint(path, config=self.cfg.model, state_dict=_cpu(net),
+            save_checkpoint(path, config=self._inference_config(), state_dict=_cpu(net),
                             class_names=names, palette=palette, meta=meta)
             self.ctx.log(f"wrote {path}")
         self.ctx.barrier()
         return path
+
+    def _inference_config(self) -> DavssConfig:
+        """The model configuration the final checkpoint runs with: that of the run, except
+        that a CFNet trained against a constant fusion map (stage 3 ``dgfc: false``, the
+        "without DGFC" ablation) must also be fused with that constant at inference."""
+        s3 = self.cfg.stage3
+        if not (s3.enabled and not s3.dgfc):
+            return self.cfg.model
+        config = copy.deepcopy(self.cfg.model)
+        config.model.distortion_map = "constant"
+        return config
 
     @torch.no_grad()
     def _validate_segmenter(self, net: DavssNet) -> float | None:

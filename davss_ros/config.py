@@ -23,6 +23,9 @@ FLOW_PROVIDERS = ("dis", "learned")
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 POLICIES = ("fixed", "adaptive")
 DISTORTION_METRICS = ("mean", "ratio")
+# What the davss fusion weights f_CC by: DMNet's map (the method) or a constant map (the
+# paper's "without DGFC" ablation, for a model trained that way).
+DISTORTION_MAPS = ("predicted", "constant")
 
 
 @dataclass
@@ -70,6 +73,11 @@ class ModelConfig:
     mode: str = "davss"
     # The authors propagate the raw warped logits; True propagates the corrected ones.
     propagate_corrected: bool = False
+    # "predicted": fuse with DMNet's distortion map M (DGFC). "constant": fuse with M = 0.5
+    # everywhere (davss_ros.model.fusion.CONSTANT_DISTORTION), as a model trained without
+    # DGFC was; DMNet still runs and gives the distortion output and the adaptive schedule.
+    # Part of the trained model, so it comes from the checkpoint, not the runtime config.
+    distortion_map: str = "predicted"
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     cfnet: CFNetConfig = field(default_factory=CFNetConfig)
@@ -109,6 +117,7 @@ class DavssConfig:
         """Raise ValueError naming the first field whose value is not allowed."""
         m, s = self.model, self.schedule
         _choice("model.mode", m.mode, MODES)
+        _choice("model.distortion_map", m.distortion_map, DISTORTION_MAPS)
         _choice("model.segmenter.backbone", m.segmenter.backbone, BACKBONES)
         _choice("model.flow.provider", m.flow.provider, FLOW_PROVIDERS)
         _choice("model.flow.dis_preset", m.flow.dis_preset, DIS_PRESETS)

@@ -17,6 +17,7 @@ Per frame (paper Sec. III, and ../shared/notes/method.md):
   correction cues f_CC; output f_P * (1 - M) + f_CC * M (``davss``), or the warped logits
   alone (``dff``), or an Accel-style learned fusion with its own light branch (``accel``).
   The raw warped logits are propagated (as the authors do) unless ``propagate_corrected``.
+  A model trained without DGFC (``distortion_map: constant``) fuses with M = 0.5 instead.
 """
 
 from __future__ import annotations
@@ -35,11 +36,26 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weigh
 from .classes import IGNORE_ID, default_class_names, default_palette
 from .config import DavssConfig, ModelConfig, ScheduleConfig, load_config
 from .model import build_davss_net, build_flow, fold_batchnorm, warp
+from .model.fusion import fusion_map
 from .schedule import KeyFrameScheduler, photometric_error
 
 STAGES = ("flow", "warp", "dmnet", "cfnet", "fuse", "segmenter", "total")
 # Smallest image side ``step`` accepts (the 1/4-resolution state needs at least one pixel).
 MIN_IMAGE_SIZE = 4
+
+
+@dataclass(frozen=True)
+class FrameParts:
+    """The logits a non-key frame's output was made from, at network 1/4 resolution
+    (1 x C x h x w tensors on the pipeline's device); ``VideoSegmenter.labels_from_logits``
+    turns any of them into labels exactly as the pipeline does its output.
+
+    Only kept when ``VideoSegmenter.keep_parts`` is set (the oracle evaluations need them).
+    """
+
+    propagated: torch.Tensor  # f_P: the key logits warped to this frame
+    cue: torch.Tensor | None  # current-frame logits: CFNet's f_CC (davss), Accel's branch
+    fused: torch.Tensor  # the output logits: f_C (davss), Accel's fusion, f_P (dff)
 
 
 @dataclass
@@ -56,6 +72,7 @@ class FrameResult:
     frame_index: int
     valid: bool = True  # False when the network produced NaN/Inf (labels are all ignore)
     distortion_small: np.ndarray | None = field(default=None, repr=False)  # 1/4 network res
+    parts: FrameParts | None = field(default=None, repr=False)  # non-key, with keep_parts
     _distortion: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -106,12 +123,15 @@ class VideoSegmenter:
         max_stamp_gap: seconds; a stamp jumping forward by more than this between two
             consecutive frames (a camera pause, frames lost, a bag skipping ahead) clears the
             propagated state and forces a key frame ('stamp_jump'). None or 0 = never.
+        keep_parts: give every non-key FrameResult its ``parts`` (propagated logits, cue,
+            fused logits). Off by default: it keeps tensors alive that are otherwise freed.
+            An attribute of the same name, which may be changed between steps.
     """
 
     def __init__(self, config: DavssConfig | dict | str | Path | None = None,
                  checkpoint: str | Path | Checkpoint | None = None,
                  device: str | torch.device = "auto", *,
-                 max_stamp_gap: float | None = None) -> None:
+                 max_stamp_gap: float | None = None, keep_parts: bool = False) -> None:
         user_cfg = config if isinstance(config, DavssConfig) else (
             load_config(config) if config is not None else None)
         self.checkpoint: Checkpoint | None = None
@@ -129,6 +149,7 @@ class VideoSegmenter:
         self.device = resolve_device(device)
         self.ignore_id = IGNORE_ID
         self.max_stamp_gap = max_stamp_gap
+        self.keep_parts = keep_parts
         # The networks are built as the checkpoint was trained (with or without a flow
         # network); the flow provider actually used is the runtime choice.
         arch = self.checkpoint.config.model if self.checkpoint is not None else cfg.model
@@ -229,6 +250,7 @@ class VideoSegmenter:
         m = None
         m_mean = m_ratio = 0.0
         perr = None
+        parts = None
         if reason is None:
             with _Stage(timings, "flow", self.device):
                 flow = self.flow(x, self._prev_x)
@@ -251,11 +273,14 @@ class VideoSegmenter:
         else:
             with _Stage(timings, "warp", self.device):
                 warped = warp(self._prop_logits, flow)
+            cue = None
             if mode == "davss":
                 with _Stage(timings, "cfnet", self.device):
                     cue = self.net.cfnet(x)
                 with _Stage(timings, "fuse", self.device):
-                    out = warped * (1.0 - m) + cue * m
+                    # m itself stays DMNet's map (distortion output, adaptive schedule)
+                    weight = fusion_map(m, self.config.model.distortion_map)
+                    out = warped * (1.0 - weight) + cue * weight
             elif mode == "accel":
                 with _Stage(timings, "cfnet", self.device):
                     cue = self.net.accel_cfnet(x)
@@ -263,6 +288,8 @@ class VideoSegmenter:
                     out = self.net.accel_fusion(warped, cue)
             else:  # dff
                 out = warped
+            if self.keep_parts:
+                parts = FrameParts(propagated=warped, cue=cue, fused=out)
             self._prop_logits = out if self.config.model.propagate_corrected else warped
             self._prop_image = warped_image
         self._prev_x = x
@@ -281,9 +308,18 @@ class VideoSegmenter:
             propagation_distance=0 if is_key else self.scheduler.propagation_distance,
             key_reason=reason or "", distortion_mean=m_mean, distortion_ratio=m_ratio,
             timings_ms=timings, frame_index=self._frame_index, valid=valid,
-            distortion_small=None if m is None else m[0, 0].float().cpu().numpy())
+            distortion_small=None if m is None else m[0, 0].float().cpu().numpy(),
+            parts=parts)
         self._frame_index += 1
         return result
+
+    @torch.inference_mode()
+    def labels_from_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """1 x C x h x w logits (e.g. a ``FrameParts`` tensor) -> H x W uint8 labels at
+        ``size`` = (H, W), the way ``step`` makes its output: bilinear (half-pixel centres,
+        ``align_corners=False``) to the network input, argmax, nearest neighbour to ``size``.
+        All ignore (255) when the logits are not finite."""
+        return self._labels(logits, (int(size[0]), int(size[1])))[0]
 
     # -- internals -----------------------------------------------------------------------
     def _clear_state(self) -> None:

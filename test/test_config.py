@@ -44,6 +44,7 @@ def test_yaml_file_names_a_preset_and_overrides_fields(tmp_path):
     ({"schedule": {"threshold": 1.5}}, "schedule.threshold"),
     ({"model": {"segmenter": {"backbone": "vgg"}}}, "model.segmenter.backbone"),
     ({"model": {"colour": 1}}, "colour"),
+    ({"model": {"distortion_map": "zero"}}, "model.distortion_map"),
 ])
 def test_bad_values_are_refused_naming_the_field(override, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
@@ -53,3 +54,10 @@ def test_bad_values_are_refused_naming_the_field(override, field):
 def test_missing_yaml_file_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.yaml"):
         load_config(tmp_path / "nothere.yaml")
+
+
+def test_distortion_map_defaults_to_predicted_and_accepts_constant():
+    assert load_config(None).model.distortion_map == "predicted"
+    cfg = load_config({"model": {"distortion_map": "constant"}})
+    assert cfg.model.distortion_map == "constant"
+    assert DavssConfig.from_dict(cfg.to_dict()).model.distortion_map == "constant"

@@ -12,9 +12,11 @@ from davss_ros.config import MODES, load_config
 from davss_ros.data.cityscapes import CityscapesSequences
 from davss_ros.data.synthetic import write_cityscapes_layout
 from davss_ros.evaluate import cli as eval_cli
+from davss_ros.evaluate.metrics import ConfusionMatrix
 from davss_ros.evaluate.pda import (
     build_segmenters,
     evaluate_pda,
+    oracle_prediction,
     results_as_json,
     untrained_checkpoint,
 )
@@ -184,3 +186,77 @@ def test_cca_plot_writes_a_png(tmp_path):
     path = plot_cca([("dff", 1.0, 60.0), ("dff", 2.0, 65.0), ("davss", 2.5, 70.0)],
                     tmp_path / "cca.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _argmax_at(logits, size):
+    up = torch.nn.functional.interpolate(logits, size=size, mode="bilinear",
+                                         align_corners=False)
+    return up.argmax(1)[0].to(torch.uint8).numpy()
+
+
+@pytest.fixture(scope="module")
+def oracle_run(root):
+    dataset = CityscapesSequences(root, "val")
+    segs = build_segmenters(untrained_checkpoint(load_config(TINY)),
+                            ["dff", "davss_gt", "accel_gt"], device="cpu")
+    steps = []
+    results = evaluate_pda(segs, dataset, distances=[1, 4], on_step=steps.append)
+    return dataset, segs, results, steps
+
+
+@pytest.mark.parametrize("mode, base, source", [("davss_gt", "davss", "cue"),
+                                                ("accel_gt", "accel", "fused")])
+def test_oracle_takes_the_correction_exactly_where_propagation_is_wrong(oracle_run, mode,
+                                                                        base, source):
+    dataset, segs, results, steps = oracle_run
+    assert segs[mode].mode == base
+    for d in (1, 4):
+        expected = ConfusionMatrix(segs[mode].num_classes)
+        for i in range(2):
+            gt = dataset.load_label(i)
+            last = [s for s in steps if s.mode == mode and s.snippet == i and s.distance == d
+                    and s.offset == 0]
+            assert len(last) == 1 and not last[0].result.is_key
+            parts = last[0].result.parts
+            prop = _argmax_at(parts.propagated, (H, W))
+            corr = _argmax_at(getattr(parts, source), (H, W))
+            wrong = (prop != gt) & (gt != 255)
+            assert wrong.any() and (~wrong & (gt != 255)).any()  # both cases occur
+            pred = oracle_prediction(segs[mode], last[0].result, gt, mode, (H, W))
+            np.testing.assert_array_equal(pred[wrong], corr[wrong])
+            np.testing.assert_array_equal(pred[~wrong], prop[~wrong])
+            expected.update(np.where(wrong, corr, prop), gt)
+        # and that prediction is what the PDA run scored
+        np.testing.assert_array_equal(results[mode].matrices[d].matrix, expected.matrix)
+
+
+def test_oracle_never_scores_below_plain_propagation(oracle_run):
+    # The oracle keeps every pixel the propagation (= dff's prediction, since the raw warped
+    # logits are propagated) got right and only changes wrong ones, so per class its true
+    # positives, and hence its pixel accuracy, can only grow.
+    _, _, results, _ = oracle_run
+    for mode in ("davss_gt", "accel_gt"):
+        for d in (1, 4):
+            dff, oracle = results["dff"].matrices[d], results[mode].matrices[d]
+            assert oracle.total == dff.total
+            assert (np.diag(oracle.matrix) >= np.diag(dff.matrix)).all()
+            assert oracle.pixel_accuracy() >= dff.pixel_accuracy()
+    # the cue does fix some pixels on this data, so the bound is not vacuous
+    assert results["davss_gt"].matrices[4].pixel_accuracy() > \
+        results["dff"].matrices[4].pixel_accuracy()
+
+
+def test_davss_eval_runs_the_oracle_modes_on_request(root, tiny_yaml, tmp_path, capsys):
+    out = tmp_path / "oracle.json"
+    rc = main(["eval", "--untrained", "--config", str(tiny_yaml), "--root", str(root),
+               "--modes", "davss_gt,accel_gt", "--distances", "1", "--limit", "1",
+               "--device", "cpu", "--no-progress", "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert [r["mode"] for r in report["results"]] == ["davss_gt", "accel_gt"]
+    assert all(list(r["miou"]) == ["1"] for r in report["results"])
+    table = capsys.readouterr().out
+    assert "davss_gt" in table and "accel_gt" in table
+    rc = main(["eval", "--untrained", "--config", str(tiny_yaml), "--root", str(root),
+               "--modes", "davss_oracle", "--device", "cpu", "--no-progress"])
+    assert rc == 2 and "davss_gt" in capsys.readouterr().err

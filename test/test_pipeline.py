@@ -182,3 +182,73 @@ def test_set_schedule_changes_the_interval_live():
     seg.set_schedule(ScheduleConfig(policy="fixed", key_interval=2))
     assert seg.step(img).is_key is False
     assert seg.step(img).is_key is True
+
+
+def _fusion_inputs(seg, prev_x, prop, cur):
+    """f_P, f_CC and DMNet's M of a davss step, recomputed outside the pipeline."""
+    x = seg._to_tensor(cur)
+    with torch.no_grad():
+        flow = seg.flow(x, prev_x)
+        warped = warp(prop, flow)
+        m = seg.net.dmnet(warp(torch.nn.functional.avg_pool2d(prev_x, 4), flow),
+                          torch.nn.functional.avg_pool2d(x, 4))
+        return warped, seg.net.cfnet(x), m
+
+
+def test_constant_distortion_map_from_a_checkpoint_fuses_half_and_half(tmp_path):
+    from davss_ros.checkpoint import save_checkpoint
+    from davss_ros.model import DistortionGuidedFusion, build_davss_net
+    from davss_ros.model.fusion import CONSTANT_DISTORTION
+    from davss_ros.train.losses import NO_DGFC_WEIGHT
+
+    assert NO_DGFC_WEIGHT == CONSTANT_DISTORTION == 0.5  # training and inference agree
+    trained = load_config({"model": {"input_height": H, "input_width": W,
+                                     "distortion_map": "constant",
+                                     "segmenter": {"aspp_channels": 16,
+                                                   "decoder_channels": 16}}})
+    path = save_checkpoint(tmp_path / "no_dgfc.pt", config=trained,
+                           state_dict=build_davss_net(trained.model).state_dict())
+    # The caller's config says "predicted" (the default): the checkpoint's choice wins, as
+    # the weights were trained for it.
+    runtime = load_config({"model": {"mode": "davss", "input_height": H, "input_width": W},
+                           "schedule": {"key_interval": 10}})
+    seg = VideoSegmenter(runtime, checkpoint=path, device="cpu")
+    assert seg.config.model.distortion_map == "constant"
+    base = textured()
+    seg.step(base)
+    prev_x, prop = seg._prev_x, seg._prop_logits
+    cur = shifted(base, 4)
+    r = seg.step(cur)
+    warped, cue, m = _fusion_inputs(seg, prev_x, prop, cur)
+    expected = DistortionGuidedFusion()(warped, cue, torch.full_like(m, 0.5))
+    up = torch.nn.functional.interpolate(expected, size=(H, W), mode="bilinear",
+                                         align_corners=False)
+    np.testing.assert_array_equal(r.labels, up.argmax(1)[0].to(torch.uint8).numpy())
+    # and not what DMNet's map would have given (so the check above tells the two apart)
+    with_m = torch.nn.functional.interpolate(warped * (1 - m) + cue * m, size=(H, W),
+                                             mode="bilinear", align_corners=False)
+    assert (with_m.argmax(1)[0].to(torch.uint8).numpy() != r.labels).any()
+    # DMNet still runs: its map is the distortion output (not the constant)
+    assert r.distortion_mean == pytest.approx(float(m.mean()), abs=1e-6)
+    assert not torch.allclose(m, torch.full_like(m, 0.5))
+
+
+def test_keep_parts_exposes_the_propagated_logits_cue_and_output_of_non_key_frames():
+    seg = make("davss", key_interval=10)
+    base = textured()
+    assert seg.step(base).parts is None and seg.step(shifted(base, 2)).parts is None  # off
+    seg.reset()
+    seg.keep_parts = True
+    key = seg.step(base)
+    assert key.parts is None  # a key frame has nothing propagated
+    prev_x, prop = seg._prev_x, seg._prop_logits
+    cur = shifted(base, 4)
+    r = seg.step(cur)
+    warped, cue, m = _fusion_inputs(seg, prev_x, prop, cur)
+    torch.testing.assert_close(r.parts.propagated, warped)
+    torch.testing.assert_close(r.parts.cue, cue)
+    torch.testing.assert_close(r.parts.fused, warped * (1 - m) + cue * m)
+    # the pipeline's own label making, applied to its output, gives its labels
+    np.testing.assert_array_equal(seg.labels_from_logits(r.parts.fused, (H, W)), r.labels)
+    small = seg.labels_from_logits(r.parts.propagated, (H // 2, W // 2))
+    assert small.shape == (H // 2, W // 2) and small.dtype == np.uint8

@@ -6,7 +6,16 @@
         --modes davss,dff --distances 1,5,9 --limit 50
 
 Prints a table (rows: modes; columns: d and the mean over d; mIoU in percent) and writes the
-numbers as JSON (``--json``) and the PDA curve as PNG (``--plot``).
+numbers as JSON (``--json``) and the PDA curve as PNG (``--plot``). ``--modes`` also takes
+the oracle upper bounds ``davss_gt`` and ``accel_gt`` (only the pixels the propagation got
+wrong, found with the label, take the correction; see ``pda.py``); they are not run unless
+asked for.
+
+``--schedule-sweep`` runs the other evaluation, fixed against adaptive key-frame scheduling
+at matched mean cost over whole clips (``schedule_eval.py``)::
+
+    davss eval --schedule-sweep --root data/synthetic --checkpoint model.pt \\
+        --intervals 1-10 --thresholds 0.05,0.1,0.2 --clips 20 --json sweep.json
 """
 
 from __future__ import annotations
@@ -20,7 +29,14 @@ from pathlib import Path
 from davss_ros.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from davss_ros.config import MODES, load_config
 
-from .pda import DISTANCES, build_segmenters, evaluate_pda, results_as_json, untrained_checkpoint
+from .pda import (
+    DISTANCES,
+    EVAL_MODES,
+    build_segmenters,
+    evaluate_pda,
+    results_as_json,
+    untrained_checkpoint,
+)
 
 DATASETS = ("synthetic", "cityscapes", "camvid")
 
@@ -37,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "sequence layout (default: %(default)s)")
     parser.add_argument("--root", type=Path, required=True, help="data set root folder")
     parser.add_argument("--split", default="val", help="default: %(default)s")
-    parser.add_argument("--modes", default=",".join(MODES), help="default: %(default)s")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"some of {', '.join(EVAL_MODES)} (default: %(default)s)")
     parser.add_argument("--distances", default=",".join(map(str, DISTANCES)),
                         help="propagation distances d, e.g. 1,5,9 or 1-9 (default: 1-9)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N snippets")
@@ -51,9 +68,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize-frames", action="store_true",
                         help="camvid: resize video frames to the label size on load")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep = parser.add_argument_group(
+        "schedule sweep", "fixed vs adaptive key-frame scheduling at matched mean cost, over "
+        "whole clips of a Cityscapes-layout split (synthetic or cityscapes); --modes, "
+        "--distances, --limit and --plot do not apply")
+    sweep.add_argument("--schedule-sweep", action="store_true",
+                       help="run the schedule sweep instead of the PDA evaluation")
+    sweep.add_argument("--intervals", default="1-10",
+                       help="fixed key intervals, e.g. 1-10 or 2,5,10 (default: %(default)s)")
+    sweep.add_argument("--thresholds", default=None,
+                       help="adaptive distortion thresholds in [0, 1], comma-separated "
+                            "(default: 0.02,0.05,0.1,0.15,0.2,0.3)")
+    sweep.add_argument("--max-interval", type=int, default=None,
+                       help="adaptive max_interval (default: the checkpoint's schedule)")
+    sweep.add_argument("--clips", type=int, default=None, help="only the first N clips")
+    sweep.add_argument("--frames", type=int, default=None,
+                       help="only the first N frames of each clip (default: all)")
+    sweep.add_argument("--no-scene-cut", action="store_true",
+                       help="switch the scene-cut rule off in every schedule (default: on, "
+                            "with the checkpoint's settings)")
+    sweep.add_argument("--costs", default=None, metavar="KEY,NONKEY",
+                       help="cost of a key and a non-key frame in any unit, e.g. measured "
+                            "ms (default: GFLOPs of davss mode at the input size)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.schedule_sweep:
+        return _run_sweep(args)
     try:
         modes = _parse_modes(args.modes)
         distances = parse_distances(args.distances)
@@ -131,8 +172,8 @@ def open_dataset(kind: str, root: Path, split: str, *, max_distance: int = 9,
     return CityscapesSequences(root, split)
 
 
-def parse_distances(text: str) -> list[int]:
-    """'1,5,9', '1-9' or a mix ('1-3,9') -> sorted distinct ints."""
+def parse_distances(text: str, *, option: str = "--distances") -> list[int]:
+    """'1,5,9', '1-9' or a mix ('1-3,9') -> sorted distinct ints >= 1."""
     out: set[int] = set()
     for item in str(text).split(","):
         item = item.strip()
@@ -145,10 +186,10 @@ def parse_distances(text: str) -> list[int]:
             else:
                 out.add(int(item))
         except ValueError:
-            raise ValueError(f"--distances: cannot read {item!r} (expected e.g. 1,5,9 or "
+            raise ValueError(f"{option}: cannot read {item!r} (expected e.g. 1,5,9 or "
                              "1-9)") from None
     if not out or min(out) < 1:
-        raise ValueError(f"--distances must name distances >= 1, got {text!r}")
+        raise ValueError(f"{option} must name values >= 1, got {text!r}")
     return sorted(out)
 
 
@@ -166,10 +207,115 @@ def format_table(report: dict) -> str:
 
 def _parse_modes(text: str) -> list[str]:
     modes = [m.strip() for m in str(text).split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in EVAL_MODES]
     if unknown or not modes:
-        raise ValueError(f"--modes must be some of {', '.join(MODES)}; got {text!r}")
+        raise ValueError(f"--modes must be some of {', '.join(EVAL_MODES)}; got {text!r}")
     return list(dict.fromkeys(modes))
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    """``--schedule-sweep``: print the sweep's tables, write its JSON."""
+    from dataclasses import replace
+
+    from . import schedule_eval as se
+
+    try:
+        intervals = parse_distances(args.intervals, option="--intervals")
+        thresholds = (se.DEFAULT_THRESHOLDS if args.thresholds is None
+                      else parse_floats(args.thresholds, option="--thresholds"))
+        if args.dataset == "camvid":
+            raise ValueError("--schedule-sweep streams clips of the Cityscapes layout "
+                             "(--dataset synthetic or cityscapes)")
+        input_size = _input_size(args.input_height, args.input_width)
+        checkpoint, checkpoint_name = _checkpoint(args)
+        dataset = open_dataset(args.dataset, args.root, args.split)
+        if len(dataset) == 0:
+            raise ValueError(f"no clips in {args.root} split {args.split!r}")
+        # iter_clips checks --clips and --frames at once, before any frame is read
+        clips = se.iter_clips(dataset, clips=args.clips, frames=args.frames)
+        segmenter = se.build_segmenter(checkpoint, input_size=input_size, device=args.device)
+        base = segmenter.config.schedule
+        if args.max_interval is not None:
+            base = replace(base, max_interval=args.max_interval)
+        segmenter.set_schedule(base)  # validates the base schedule
+        if args.costs is not None:
+            costs = [float(v) for v in str(args.costs).split(",")] \
+                if _is_pair_of_numbers(args.costs) else []
+            if len(costs) != 2 or min(costs) < 0:
+                raise ValueError(f"--costs expects KEY,NONKEY (two numbers >= 0), got "
+                                 f"{args.costs!r}")
+            key_cost, nonkey_cost = costs
+            units = "given"
+        else:
+            from davss_ros.flops import frame_cost_table
+
+            table = frame_cost_table(segmenter.config)
+            key_cost, nonkey_cost = table["key"], table["non_key"]["davss"]
+            units = "GFLOPs"
+    except (CheckpointError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"davss eval: error: {exc}", file=sys.stderr)
+        return 2
+
+    model = segmenter.config.model
+    count = len(dataset) if args.clips is None else min(args.clips, len(dataset))
+    print(f"davss eval --schedule-sweep: {args.dataset} {args.split} ({count} clips), "
+          f"{checkpoint_name}, input {model.input_height}x{model.input_width}, "
+          f"device {segmenter.device}")
+    t0 = time.perf_counter()
+    try:
+        sweep = se.sweep_schedules(
+            segmenter, clips, intervals=intervals, thresholds=thresholds, base=base,
+            scene_cut=not args.no_scene_cut, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, IndexError) as exc:
+        print(f"davss eval: error: {exc}", file=sys.stderr)
+        return 2
+    report = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "checkpoint": checkpoint_name,
+        "root": str(args.root),
+        "input_height": model.input_height,
+        "input_width": model.input_width,
+        "device": str(segmenter.device),
+        "clips": count,
+        "frames_per_clip": args.frames,
+        "seconds": round(time.perf_counter() - t0, 3),
+        **se.sweep_as_json(sweep, key_cost=key_cost, nonkey_cost=nonkey_cost,
+                           cost_units=units),
+    }
+    print(se.format_sweep(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _is_pair_of_numbers(text: str) -> bool:
+    parts = str(text).split(",")
+    try:
+        [float(v) for v in parts]
+    except ValueError:
+        return False
+    return len(parts) == 2
+
+
+def parse_floats(text: str, *, option: str) -> list[float]:
+    """'0.05,0.1,0.2' -> [0.05, 0.1, 0.2] (order kept, duplicates dropped)."""
+    out: list[float] = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise ValueError(f"{option}: cannot read {item!r} as a number") from None
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise ValueError(f"{option}: no values in {text!r}")
+    return out
 
 
 def _input_size(height: int | None, width: int | None) -> tuple[int, int] | None:

@@ -9,6 +9,15 @@ depend on d, so it is made once per snippet and scored for every d.
 
 Every mode of one run uses the same weights (one checkpoint, or one set of untrained
 weights), so the curves differ by the method only.
+
+Oracle modes (the paper's Table IV upper bound, where only the wrongly predicted regions are
+rectified, found with the ground truth): ``davss_gt`` runs the davss pipeline and scores, on
+the annotated frame, the argmax of the propagated logits f_P where it agrees with the label
+(or the label is ignore) and the argmax of CFNet's cue f_CC where it does not. ``accel_gt``
+does the same with Accel's fused output in place of the cue. Propagation is untouched (the
+raw warped logits, unless the model's ``propagate_corrected``), so only the scored frame
+differs from ``dff``; with raw propagation its f_P argmax is ``dff``'s prediction, so the
+oracle's correct pixels are a superset of ``dff``'s.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import numpy as np
 import torch
 
 from davss_ros.checkpoint import Checkpoint
-from davss_ros.classes import default_class_names, default_palette
+from davss_ros.classes import IGNORE_ID, default_class_names, default_palette
 from davss_ros.config import MODES, DavssConfig, ScheduleConfig
 from davss_ros.model import build_davss_net
 from davss_ros.pipeline import FrameResult, VideoSegmenter
@@ -32,6 +41,11 @@ from davss_ros.pipeline import FrameResult, VideoSegmenter
 from .metrics import ConfusionMatrix
 
 DISTANCES = tuple(range(1, 10))
+
+# Oracle mode -> (pipeline mode it runs, FrameParts field replacing f_P on wrong pixels).
+ORACLE_MODES = {"davss_gt": ("davss", "cue"), "accel_gt": ("accel", "fused")}
+# Everything evaluate_pda can score: the pipeline's modes, then the oracles.
+EVAL_MODES = MODES + tuple(ORACLE_MODES)
 
 # Fixed schedule that never asks for a key frame inside a PDA run: the reset makes the first
 # frame key and every later one is propagated. The scene-cut rule is switched off, as the
@@ -106,23 +120,60 @@ def build_segmenters(checkpoint: Checkpoint, modes: Iterable[str] = MODES, *,
     """One VideoSegmenter per mode, all with the checkpoint's weights and the PDA schedule.
 
     Args:
+        modes: some of ``EVAL_MODES``; an oracle mode (``davss_gt``, ``accel_gt``) gets a
+            segmenter of its pipeline mode that keeps the frame parts.
         input_size: (height, width) of the network input; None = the checkpoint's.
     """
     modes = list(modes)
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in EVAL_MODES]
     if unknown or not modes:
-        raise ValueError(f"modes must be a non-empty subset of {', '.join(MODES)}; "
+        raise ValueError(f"modes must be a non-empty subset of {', '.join(EVAL_MODES)}; "
                          f"got {', '.join(modes) or 'none'}")
     base = checkpoint.config
     out = {}
     for mode in modes:
-        model = replace(base.model, mode=mode)
+        oracle = ORACLE_MODES.get(mode)
+        model = replace(base.model, mode=oracle[0] if oracle else mode)
         if input_size is not None:
             model = replace(model, input_height=int(input_size[0]),
                             input_width=int(input_size[1]))
         cfg = DavssConfig(model=model, schedule=replace(PDA_SCHEDULE))
-        out[mode] = VideoSegmenter(cfg, checkpoint=checkpoint, device=device)
+        out[mode] = VideoSegmenter(cfg, checkpoint=checkpoint, device=device,
+                                   keep_parts=oracle is not None)
     return out
+
+
+def oracle_labels(propagated: np.ndarray, correction: np.ndarray,
+                  label: np.ndarray, ignore_id: int = IGNORE_ID) -> np.ndarray:
+    """The ground-truth-guided correction: ``correction`` on the pixels where ``propagated``
+    disagrees with ``label``, ``propagated`` elsewhere. Ignored label pixels are not wrong
+    (they keep ``propagated``). All three are label-sized id arrays."""
+    if not propagated.shape == correction.shape == label.shape:
+        raise ValueError(f"oracle_labels expects three arrays of one shape, got "
+                         f"{propagated.shape}, {correction.shape} and {label.shape}")
+    wrong = (propagated != label) & (label != ignore_id)
+    return np.where(wrong, correction, propagated).astype(propagated.dtype, copy=False)
+
+
+def oracle_prediction(segmenter: VideoSegmenter, result: FrameResult, label: np.ndarray,
+                      mode: str, image_size: tuple[int, int]) -> np.ndarray:
+    """The oracle ``mode``'s prediction of a frame at the label's size.
+
+    ``result`` must come from ``segmenter`` with ``keep_parts`` on; a key frame (no parts,
+    e.g. after a non-finite output) is scored as it came out. Both label maps are made the
+    way the pipeline makes its output (``labels_from_logits`` at the image size), then
+    brought to the label's size by nearest neighbour, as every mode's prediction is.
+    """
+    if mode not in ORACLE_MODES:
+        raise ValueError(f"unknown oracle mode {mode!r}; expected one of "
+                         f"{', '.join(ORACLE_MODES)}")
+    if result.parts is None:
+        return _at_label_size(result.labels, label.shape)
+    source = getattr(result.parts, ORACLE_MODES[mode][1])
+    prop = _at_label_size(segmenter.labels_from_logits(result.parts.propagated, image_size),
+                          label.shape)
+    corr = _at_label_size(segmenter.labels_from_logits(source, image_size), label.shape)
+    return oracle_labels(prop, corr, label, segmenter.ignore_id)
 
 
 def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset, *,
@@ -133,7 +184,8 @@ def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset,
 
     Args:
         segmenters: mode -> VideoSegmenter (see ``build_segmenters``); their schedules are
-            set to the PDA schedule here.
+            set to the PDA schedule here. An oracle mode's segmenter must run its pipeline
+            mode (davss_gt: davss, accel_gt: accel); it is made to keep its frame parts.
         dataset: annotated snippets; ``pda_sample(i, d)`` gives frames ann - d .. ann and the
             annotated label. Each snippet is read once, at the largest d.
         distances: propagation distances d to score, each >= 1.
@@ -152,7 +204,12 @@ def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset,
     if len(num_classes) != 1:
         raise ValueError(f"segmenters disagree on the number of classes: {sorted(num_classes)}")
     n_classes = num_classes.pop()
-    for seg in segmenters.values():
+    for mode, seg in segmenters.items():
+        if mode in ORACLE_MODES:
+            if seg.mode != ORACLE_MODES[mode][0]:
+                raise ValueError(f"the segmenter for {mode!r} runs mode {seg.mode!r}, "
+                                 f"expected {ORACLE_MODES[mode][0]!r}")
+            seg.keep_parts = True
         seg.set_schedule(replace(PDA_SCHEDULE))
 
     results = {mode: PdaResult(mode, {d: ConfusionMatrix(n_classes) for d in distances})
@@ -192,7 +249,11 @@ def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset,
                     res.frames += d + 1
                     res.distance_mismatches += int(r.propagation_distance != d)
                     res.invalid_outputs += int(not r.valid)
-                    res.matrices[d].update(_at_label_size(r.labels, gt.shape), gt)
+                    if mode in ORACLE_MODES:
+                        pred = oracle_prediction(seg, r, gt, mode, frames[-1].shape[:2])
+                    else:
+                        pred = _at_label_size(r.labels, gt.shape)
+                    res.matrices[d].update(pred, gt)
             res.seconds += time.perf_counter() - t0
             res.snippets += 1
     return results

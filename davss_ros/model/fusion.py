@@ -6,6 +6,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# The distortion map used in place of DMNet's M without DGFC (the paper's ablation): an even
+# blend of f_P and f_CC at every pixel, as nothing tells distorted from intact pixels apart.
+# Training (davss_ros.train.losses.NO_DGFC_WEIGHT) and inference
+# (ModelConfig.distortion_map = "constant") both take it from here.
+CONSTANT_DISTORTION = 0.5
+
+
+def fusion_map(distortion_map: torch.Tensor, kind: str = "predicted") -> torch.Tensor:
+    """The map DGFC weights the correction cue by: DMNet's ``distortion_map`` itself
+    (``predicted``) or a map of its shape filled with :data:`CONSTANT_DISTORTION`
+    (``constant``)."""
+    if kind == "predicted":
+        return distortion_map
+    if kind == "constant":
+        return torch.full_like(distortion_map, CONSTANT_DISTORTION)
+    raise ValueError(f"distortion map kind must be predicted or constant, got {kind!r}")
+
 
 def _check_pair(propagated: torch.Tensor, correction_cue: torch.Tensor, what: str) -> None:
     if propagated.dim() != 4:

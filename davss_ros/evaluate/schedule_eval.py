@@ -1,0 +1,393 @@
+"""Fixed against adaptive key-frame scheduling at matched mean cost.
+
+The PDA protocol (``pda.py``) fixes the propagation distance; this evaluation instead streams
+whole clips through a VideoSegmenter under a given ``ScheduleConfig``, as a deployed node
+would, scores every labelled frame into one confusion matrix per schedule and counts the
+key frames. A sweep runs the ``fixed`` policy over key intervals and the ``adaptive`` policy
+over distortion thresholds; each schedule's mean cost per frame is
+
+    cost = key_fraction * key_cost + (1 - key_fraction) * nonkey_cost
+
+(costs in any unit: GFLOPs from ``davss_ros.flops.frame_cost_table``, or milliseconds), and
+:func:`matched_cost_rows` reads the fixed curve (mIoU against cost, linearly interpolated) at
+each adaptive point's cost, so the two policies are compared at the same spend.
+
+Synthetic data labels every frame (``gtFine_sequence``), so every streamed frame is scored;
+real Cityscapes labels one frame per snippet (the 20th), and only that one is scored.
+
+Each schedule keeps the base schedule's settings apart from what is swept (the policy, and
+``key_interval`` or ``threshold``); in particular the scene-cut rule stays on with the base
+settings unless ``scene_cut=False``, which switches it off as the PDA protocol does. A scene
+cut adds key frames to both policies alike; they are counted in the key fraction and by
+reason in ``key_reasons``.
+
+    davss eval --schedule-sweep --root data/synthetic --checkpoint model.pt \\
+        --intervals 1-10 --thresholds 0.05,0.1,0.2,0.3 --clips 20 --frames 30 \\
+        --json sweep.json
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from davss_ros.checkpoint import Checkpoint
+from davss_ros.config import DavssConfig, ScheduleConfig
+from davss_ros.pipeline import VideoSegmenter
+
+from .metrics import ConfusionMatrix
+from .pda import PDA_SCHEDULE, _at_label_size
+
+DEFAULT_INTERVALS = tuple(range(1, 11))
+DEFAULT_THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+
+
+@dataclass
+class ClipFrames:
+    """One clip to stream: its frames in order and each frame's label (None = unlabelled)."""
+
+    name: str
+    frames: list[np.ndarray]  # H x W x 3 uint8 RGB
+    labels: list[np.ndarray | None]  # H x W trainIds, 255 = ignore; None: not scored
+
+    def __post_init__(self) -> None:
+        if len(self.frames) != len(self.labels):
+            raise ValueError(f"clip {self.name}: {len(self.frames)} frames but "
+                             f"{len(self.labels)} labels")
+
+
+@dataclass
+class ScheduleResult:
+    """What streaming the clips under one schedule gave."""
+
+    name: str  # e.g. "fixed k=5", "adaptive t=0.2"
+    schedule: ScheduleConfig
+    matrix: ConfusionMatrix
+    frames: int = 0  # frames streamed
+    key_frames: int = 0
+    scored_frames: int = 0  # labelled frames scored
+    clips: int = 0
+    invalid_outputs: int = 0  # non-finite outputs (not scored; the next frame is key)
+    key_reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0  # wall time of the steps (loading and scoring excluded)
+
+    @property
+    def key_fraction(self) -> float:
+        return self.key_frames / self.frames if self.frames else float("nan")
+
+    def miou(self) -> float:
+        """mIoU as a fraction (nan when nothing was scored)."""
+        return self.matrix.miou()
+
+    def cost(self, key_cost: float, nonkey_cost: float) -> float:
+        return mean_cost(self.key_fraction, key_cost, nonkey_cost)
+
+    def as_dict(self, key_cost: float | None = None,
+                nonkey_cost: float | None = None) -> dict:
+        """JSON-ready summary; mIoU and pixel accuracy in percent (None when undefined), and
+        the mean cost per frame when both costs are given."""
+        out = {
+            "name": self.name,
+            "policy": self.schedule.policy,
+            "key_interval": self.schedule.key_interval if self.schedule.policy == "fixed"
+            else None,
+            "threshold": self.schedule.threshold if self.schedule.policy == "adaptive"
+            else None,
+            "max_interval": self.schedule.max_interval if self.schedule.policy == "adaptive"
+            else None,
+            "metric": self.schedule.metric if self.schedule.policy == "adaptive" else None,
+            "miou": _pct(self.miou()),
+            "pixel_accuracy": _pct(self.matrix.pixel_accuracy()),
+            "key_fraction": _round(self.key_fraction, 4),
+            "frames": self.frames,
+            "key_frames": self.key_frames,
+            "scored_frames": self.scored_frames,
+            "clips": self.clips,
+            "invalid_outputs": self.invalid_outputs,
+            "key_reasons": dict(sorted(self.key_reasons.items())),
+            "seconds": round(self.seconds, 3),
+        }
+        if key_cost is not None and nonkey_cost is not None:
+            out["cost"] = _round(self.cost(key_cost, nonkey_cost), 4)
+        return out
+
+
+@dataclass
+class SweepResult:
+    """The fixed-interval and adaptive-threshold results of one sweep, in sweep order."""
+
+    fixed: list[ScheduleResult]
+    adaptive: list[ScheduleResult]
+    base: ScheduleConfig
+    scene_cut: bool
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def iter_clips(dataset, *, clips: int | None = None,
+               frames: int | None = None) -> Iterator[ClipFrames]:
+    """Clips of a Cityscapes-layout data set (``CityscapesSequences``: synthetic or
+    Cityscapes), read one at a time as the returned iterator advances (arguments are
+    checked at once).
+
+    Args:
+        dataset: the split's ``CityscapesSequences``.
+        clips: only the first ``clips`` snippets; None = all.
+        frames: only the first ``frames`` frames of each snippet; None = the whole snippet.
+
+    With per-frame labels (``gtFine_sequence``, synthetic data) every frame is labelled;
+    otherwise only the annotated frame is, so ``frames`` must reach it.
+    """
+    if clips is not None and clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    length = dataset.snippet_length
+    if frames is not None:
+        if frames < 1:
+            raise ValueError(f"frames must be >= 1, got {frames}")
+        length = min(frames, length)
+    dense = bool(getattr(dataset, "has_dense_labels", False))
+    if not dense and length <= dataset.annotated_index:
+        raise ValueError(f"this data set labels frame {dataset.annotated_index} of each "
+                         f"snippet only: stream at least {dataset.annotated_index + 1} frames "
+                         f"per clip, not {length}")
+    count = len(dataset) if clips is None else min(clips, len(dataset))
+    return _read_clips(dataset, count, length, dense)
+
+
+def _read_clips(dataset, count: int, length: int, dense: bool) -> Iterator[ClipFrames]:
+    # A generator apart from iter_clips, so that iter_clips checks its arguments when called.
+    for i in range(count):
+        images = [dataset.load_frame(i, k) for k in range(length)]
+        if dense:
+            labels = [dataset.dense_label(i, k) for k in range(length)]
+        else:
+            labels: list[np.ndarray | None] = [None] * length
+            labels[dataset.annotated_index] = dataset.load_label(i)
+        yield ClipFrames(dataset.snippets[i].name, images, labels)
+
+
+def build_segmenter(checkpoint: Checkpoint, *, mode: str = "davss",
+                    input_size: tuple[int, int] | None = None,
+                    device: str | torch.device = "auto") -> VideoSegmenter:
+    """A VideoSegmenter of ``mode`` (davss by default) with the checkpoint's weights, for
+    :func:`evaluate_schedules` (which sets its schedule)."""
+    model = replace(checkpoint.config.model, mode=mode)
+    if input_size is not None:
+        model = replace(model, input_height=int(input_size[0]), input_width=int(input_size[1]))
+    cfg = DavssConfig(model=model, schedule=replace(checkpoint.config.schedule))
+    return VideoSegmenter(cfg, checkpoint=checkpoint, device=device)
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def evaluate_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames],
+                       schedules: dict[str, ScheduleConfig], *,
+                       progress: bool = False) -> dict[str, ScheduleResult]:
+    """Stream every clip under every schedule and score the labelled frames.
+
+    Clip-major: each clip is read once and streamed once per schedule, with the segmenter
+    reset before each pass (the clip's first frame is a key frame). The segmenter's own
+    schedule is restored at the end.
+
+    Args:
+        segmenter: any mode; for the DAVSS comparison a davss-mode one
+            (:func:`build_segmenter`).
+        clips: the clips (:func:`iter_clips`), iterated once.
+        schedules: name -> schedule to run.
+        progress: show a tqdm bar over clips.
+
+    Returns name -> ScheduleResult, in the order of ``schedules``.
+    """
+    if not schedules:
+        raise ValueError("evaluate_schedules needs at least one schedule")
+    results = {name: ScheduleResult(name, replace(s), ConfusionMatrix(segmenter.num_classes))
+               for name, s in schedules.items()}
+    saved = segmenter.config.schedule
+
+    from tqdm import tqdm
+
+    try:
+        for clip in tqdm(clips, desc="schedules", unit="clip", disable=not progress):
+            for name, schedule in schedules.items():
+                res = results[name]
+                segmenter.set_schedule(schedule)
+                segmenter.reset()
+                outputs = []
+                t0 = time.perf_counter()
+                for image in clip.frames:
+                    r = segmenter.step(image)
+                    outputs.append((r.labels, r.valid))
+                    res.key_frames += int(r.is_key)
+                    if r.is_key:
+                        res.key_reasons[r.key_reason] += 1
+                res.seconds += time.perf_counter() - t0
+                res.frames += len(clip.frames)
+                res.clips += 1
+                for (labels, valid), label in zip(outputs, clip.labels, strict=True):
+                    if label is None:
+                        continue
+                    if not valid:
+                        # all-ignore labels cannot be scored against the classes
+                        res.invalid_outputs += 1
+                        continue
+                    res.matrix.update(_at_label_size(labels, label.shape), label)
+                    res.scored_frames += 1
+    finally:
+        segmenter.set_schedule(saved)
+        segmenter.reset()
+    return results
+
+
+def sweep_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames], *,
+                    intervals: Sequence[int] = DEFAULT_INTERVALS,
+                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                    base: ScheduleConfig | None = None, scene_cut: bool = True,
+                    progress: bool = False) -> SweepResult:
+    """Fixed intervals against adaptive thresholds over the same clips.
+
+    Args:
+        segmenter: see :func:`evaluate_schedules`.
+        clips: see :func:`evaluate_schedules`.
+        intervals: ``key_interval`` of each fixed schedule (each >= 1).
+        thresholds: ``threshold`` of each adaptive schedule (each in [0, 1]; a frame is key
+            when the distortion metric is strictly above it, so 0 makes nearly every frame
+            key and 1 leaves only ``max_interval``).
+        base: the settings not swept (``max_interval``, ``metric``, scene cut); None = the
+            segmenter's current schedule.
+        scene_cut: False switches the scene-cut rule off in every schedule.
+    """
+    base = replace(base if base is not None else segmenter.config.schedule)
+    if not scene_cut:
+        base = replace(base, scene_cut_factor=PDA_SCHEDULE.scene_cut_factor,
+                       scene_cut_min_error=PDA_SCHEDULE.scene_cut_min_error)
+    intervals = list(dict.fromkeys(int(k) for k in intervals))
+    thresholds = list(dict.fromkeys(float(t) for t in thresholds))
+    if not intervals and not thresholds:
+        raise ValueError("sweep_schedules needs at least one interval or threshold")
+    fixed = {f"fixed k={k}": replace(base, policy="fixed", key_interval=k) for k in intervals}
+    adaptive = {f"adaptive t={t:g}": replace(base, policy="adaptive", threshold=t)
+                for t in thresholds}
+    results = evaluate_schedules(segmenter, clips, {**fixed, **adaptive}, progress=progress)
+    return SweepResult(fixed=[results[n] for n in fixed],
+                       adaptive=[results[n] for n in adaptive], base=base, scene_cut=scene_cut)
+
+
+# ---------------------------------------------------------------------------- matched cost
+
+
+def mean_cost(key_fraction: float, key_cost: float, nonkey_cost: float) -> float:
+    """Mean cost per frame of a stream with ``key_fraction`` key frames."""
+    return key_fraction * key_cost + (1.0 - key_fraction) * nonkey_cost
+
+
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """The piecewise-linear curve through ``points`` (x, y) read at ``x``.
+
+    Points may come in any order; several at one x are averaged into one. None when ``x``
+    lies outside the points' x range (no extrapolation) or a y needed is not finite.
+    """
+    grouped: dict[float, list[float]] = {}
+    for px, py in points:
+        grouped.setdefault(float(px), []).append(float(py))
+    if not grouped or not math.isfinite(x):
+        return None
+    xs = sorted(grouped)
+    ys = [sum(grouped[v]) / len(grouped[v]) for v in xs]
+    if x < xs[0] or x > xs[-1]:
+        return None
+    for i, px in enumerate(xs):
+        if x == px:
+            return ys[i] if math.isfinite(ys[i]) else None
+        if x < px:
+            x0, y0, y1 = xs[i - 1], ys[i - 1], ys[i]
+            if not (math.isfinite(y0) and math.isfinite(y1)):
+                return None
+            return y0 + (y1 - y0) * (x - x0) / (px - x0)
+    return None  # not reached: x <= xs[-1] ends the loop
+
+
+def matched_cost_rows(fixed: Sequence[ScheduleResult], adaptive: Sequence[ScheduleResult], *,
+                      key_cost: float, nonkey_cost: float) -> list[dict]:
+    """Each adaptive schedule against the fixed curve at the same mean cost per frame.
+
+    Returns one row per adaptive result: ``threshold``, ``key_fraction``, ``cost`` (in the
+    unit of the costs given), ``adaptive_miou`` and ``fixed_miou`` (percent; the fixed one
+    is the fixed results' mIoU-against-cost curve linearly interpolated at ``cost``) and
+    ``difference`` = adaptive - fixed (percentage points). ``fixed_miou`` and
+    ``difference`` are None where the cost lies outside the fixed curve's range.
+    """
+    if key_cost < 0 or nonkey_cost < 0:
+        raise ValueError(f"costs must be >= 0, got key {key_cost} and non-key {nonkey_cost}")
+    curve = [(r.cost(key_cost, nonkey_cost), 100.0 * r.miou()) for r in fixed]
+    rows = []
+    for r in adaptive:
+        cost = r.cost(key_cost, nonkey_cost)
+        ada = _pct(r.miou())
+        fix = interpolate(curve, cost)
+        fix = None if fix is None else round(fix, 2)
+        rows.append({
+            "name": r.name,
+            "threshold": r.schedule.threshold,
+            "key_fraction": _round(r.key_fraction, 4),
+            "cost": _round(cost, 4),
+            "adaptive_miou": ada,
+            "fixed_miou": fix,
+            "difference": None if ada is None or fix is None else round(ada - fix, 2),
+        })
+    return rows
+
+
+def sweep_as_json(sweep: SweepResult, *, key_cost: float, nonkey_cost: float,
+                  cost_units: str = "GFLOPs") -> dict:
+    """``fixed``, ``adaptive`` (``ScheduleResult.as_dict`` with costs), ``matched``
+    (:func:`matched_cost_rows`), the costs and the base schedule; mIoU in percent."""
+    return {
+        "units": "percent",
+        "cost": {"units": cost_units, "key": key_cost, "non_key": nonkey_cost},
+        "scene_cut": sweep.scene_cut,
+        "base_schedule": {k: getattr(sweep.base, k) for k in sweep.base.__dataclass_fields__},
+        "fixed": [r.as_dict(key_cost, nonkey_cost) for r in sweep.fixed],
+        "adaptive": [r.as_dict(key_cost, nonkey_cost) for r in sweep.adaptive],
+        "matched": matched_cost_rows(sweep.fixed, sweep.adaptive, key_cost=key_cost,
+                                     nonkey_cost=nonkey_cost),
+    }
+
+
+def format_sweep(report: dict) -> str:
+    """The schedules (key fraction, cost, mIoU) and the matched-cost comparison as text."""
+    units = report["cost"]["units"]
+
+    def cell(v, fmt=".2f"):
+        return "-" if v is None else format(v, fmt)
+
+    head = f"{'schedule':<18}{'key frac':>10}{'cost':>12}{'mIoU (%)':>10}"
+    lines = [f"cost per frame in {units}: key {report['cost']['key']:g}, "
+             f"non-key {report['cost']['non_key']:g}", head, "-" * len(head)]
+    for row in report["fixed"] + report["adaptive"]:
+        lines.append(f"{row['name']:<18}{cell(row['key_fraction'], '.3f'):>10}"
+                     f"{cell(row.get('cost'), '.3f'):>12}{cell(row['miou']):>10}")
+    head = (f"{'threshold':<11}{'key frac':>10}{'cost':>12}{'adaptive':>10}{'fixed':>10}"
+            f"{'diff':>8}")
+    lines += ["", "adaptive vs fixed at the same mean cost (mIoU %, fixed interpolated)",
+              head, "-" * len(head)]
+    for row in report["matched"]:
+        lines.append(f"{row['threshold']:<11g}{cell(row['key_fraction'], '.3f'):>10}"
+                     f"{cell(row['cost'], '.3f'):>12}{cell(row['adaptive_miou']):>10}"
+                     f"{cell(row['fixed_miou']):>10}{cell(row['difference'], '+.2f'):>8}")
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> float | None:
+    return round(100.0 * float(value), 2) if math.isfinite(value) else None
+
+
+def _round(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if math.isfinite(value) else None

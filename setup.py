@@ -10,6 +10,8 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(include=[package_name, package_name + ".*"]),
+    # The shipped model (weights/davss_cpu.pt) is package data, installed once, next to
+    # davss_ros.weights, which finds it (see davss_ros/weights/__init__.py).
     package_data={package_name: ["weights/*.pt", "weights/*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
@@ -17,7 +19,6 @@ setup(
         ("share/" + package_name + "/launch", glob("launch/*.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz")),
         ("share/" + package_name + "/config/train", glob("config/train/*.yaml")),
-        ("share/" + package_name + "/weights", glob(package_name + "/weights/*.pt")),
     ],
     python_requires=">=3.10",
     # A range, not a pin: CUDA builds of torch on users' machines satisfy it too.

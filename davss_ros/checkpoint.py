@@ -3,10 +3,14 @@
 A checkpoint is a ``torch.save`` of plain data only (dicts, lists, strings, numbers,
 tensors), loaded with ``torch.load(weights_only=True)``, so a file carrying pickled Python
 objects is refused rather than executed. The model is rebuilt from the file alone.
+
+Weights may be stored as float16 (``davss export --half``); loading gives float32 tensors
+back, so nothing downstream sees the difference.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -21,6 +25,8 @@ from .config import DavssConfig
 
 FORMAT = "davss_ros.checkpoint"
 VERSION = 1
+# Stored dtypes that loading widens to float32 (compact storage, float32 compute).
+_WIDENED = (torch.float16, torch.bfloat16)
 
 
 class CheckpointError(ValueError):
@@ -112,6 +118,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     state = payload["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: state_dict is not a mapping of names to tensors")
+    state = widen_to_float32(state)
     names, palette = list(payload["class_names"]), [tuple(c) for c in payload["palette"]]
     n = config.model.num_classes
     if len(names) != n or len(palette) != n:
@@ -143,7 +150,49 @@ def load_weights(module: torch.nn.Module, checkpoint: Checkpoint) -> None:
         raise CheckpointError(
             f"{checkpoint.path}: weights do not match the model its configuration builds: "
             + "; ".join(parts))
-    module.load_state_dict(checkpoint.state_dict, strict=True)
+    module.load_state_dict(widen_to_float32(checkpoint.state_dict), strict=True)
+
+
+def widen_to_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with float16/bfloat16 tensors as float32 (others unchanged)."""
+    return {k: v.float() if v.dtype in _WIDENED else v for k, v in state.items()}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (identifies exactly which weights were loaded)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_origin(meta: dict[str, Any]) -> str:
+    """One line on where a checkpoint's weights come from, from its meta (for logs)."""
+    if meta.get("untrained"):
+        return "untrained weights"
+    parts = []
+    if meta.get("trained_by"):
+        dataset = (meta.get("train_config") or {}).get("dataset") or {}
+        text = f"trained by {meta['trained_by']}"
+        if dataset.get("kind"):
+            text += f" on {dataset['kind']}"
+            if dataset.get("root"):
+                text += f" ({dataset['root']})"
+        if meta.get("config_file"):
+            text += f", recipe {meta['config_file']}"
+        parts.append(text)
+    else:
+        parts.append("origin not recorded")
+    export = meta.get("export")
+    if isinstance(export, dict):
+        text = "exported" + (" float16" if export.get("half") else "")
+        if export.get("date"):
+            text += f" {export['date']}"
+        if export.get("label_agreement") is not None:
+            text += f", {export['label_agreement']:.2f}% label agreement with its source"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,8 +3,9 @@
 1. Makes the sample bag (or reuses it from an earlier run): a synthetic driving clip from
    the project's own generator with ground-truth labels (nothing is downloaded), written
    as a rosbag2 with ``/camera/image_raw`` and ``/camera/labels_gt``.
-2. Starts the ``davss_segmenter`` lifecycle node in this process with the shipped
-   checkpoint (untrained weights, with a warning, while none is shipped).
+2. Starts the ``davss_segmenter`` lifecycle node in this process with the model shipped
+   with the package (``davss_ros/weights/davss_cpu.pt``), or ``--checkpoint``; untrained
+   weights, with a warning, for ``--config`` or where no model is shipped.
 3. Replays the bag closed-loop through the node over real ROS 2 topics, records the outputs
    into a bag and writes the report: mIoU overall and per propagation distance, latency,
    throughput, figures and a contact sheet.
@@ -28,9 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="synthetic scene seed")
     parser.add_argument("--mode", default="davss", choices=("per_frame", "dff", "accel", "davss"))
     parser.add_argument("--checkpoint", default=None,
-                        help="default: the checkpoint shipped with the package, if any")
+                        help="default: the model shipped with the package (without one: "
+                        "untrained weights of the cpu preset)")
     parser.add_argument("--config", default=None,
-                        help="model preset or YAML when there is no checkpoint (default cpu)")
+                        help="run UNTRAINED weights of this model preset or YAML instead "
+                        "of the shipped model (plumbing and timing checks); not with "
+                        "--checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rate", type=float, default=None, metavar="R",
                         help="replay in real time at R x 30 Hz instead of closed-loop")
@@ -57,12 +61,15 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .bag.make import synthetic_frames, write_bag
     from .bag.replay import ReplayOptions, replay
-    from .weights import default_checkpoint
+    from .weights import UNTRAINED, default_checkpoint, default_checkpoint_path
 
     if args.frames < 1:
         raise BagError(f"--frames must be >= 1, got {args.frames}")
     if args.height < 64 or args.width < 64:
         raise BagError(f"--height and --width must be >= 64, got {args.width}x{args.height}")
+    if args.checkpoint and args.config:
+        raise BagError("--config applies to untrained weights only: a checkpoint carries "
+                       "its own architecture")
     progress = not args.no_progress
     bag = sample_bag_path(args.out, args.frames, args.height, args.width, args.seed)
     if bag.exists():
@@ -74,12 +81,15 @@ def _run(args: argparse.Namespace) -> int:
                   rate=30.0, start_ns=1_700_000_000 * 1_000_000_000, total=args.frames,
                   progress=progress)
 
-    checkpoint = args.checkpoint or default_checkpoint()
+    checkpoint = args.checkpoint or (None if args.config else default_checkpoint())
     if checkpoint is None:
-        print("WARNING: no trained checkpoint is shipped yet: the node runs UNTRAINED random "
-              "weights, so its labels (and the mIoU below) are meaningless. The ROS "
-              "pipeline, timings and outputs are real. Pass --checkpoint to use a trained "
-              "model.", file=sys.stderr)
+        why = (f"--config {args.config} without --checkpoint" if args.config else
+               f"no trained model is shipped yet ({default_checkpoint_path()} is missing)")
+        print(f"WARNING: {why}: the node runs UNTRAINED random weights, so its labels (and "
+              "the mIoU below) are meaningless. The ROS pipeline, timings and outputs are "
+              "real. Pass --checkpoint to use a trained model.", file=sys.stderr)
+    else:
+        print(f"model: {checkpoint}")
     params = [f"model.device:={args.device}"]
     if args.config and checkpoint is None:
         params.append(f"model.config:={args.config}")
@@ -89,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     params += list(args.params)
     opts = ReplayOptions(
         bag=bag, out=args.out / "replay", rate=args.rate, record_images=args.record_images,
-        checkpoint=str(checkpoint) if checkpoint else None, mode=args.mode, params=params,
+        checkpoint=str(checkpoint) if checkpoint else UNTRAINED, mode=args.mode, params=params,
         overwrite=True, progress=progress)
     report = replay(opts)
 

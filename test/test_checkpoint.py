@@ -1,11 +1,19 @@
 """Checkpoints: round trip, and every way a file can be unusable gives a clear error."""
 
 import collections
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from davss_ros.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from davss_ros import weights
+from davss_ros.checkpoint import (
+    CheckpointError,
+    describe_origin,
+    load_checkpoint,
+    save_checkpoint,
+)
 from davss_ros.config import load_config
 from davss_ros.model import build_davss_net
 from davss_ros.pipeline import VideoSegmenter
@@ -100,3 +108,71 @@ def test_runtime_fields_of_a_given_config_apply_to_a_checkpoint(tmp_path, tiny_c
     assert seg.config.schedule.key_interval == 3
     # architecture still from the file
     assert seg.num_classes == 5 and seg.config.model.segmenter.aspp_channels == 16
+
+
+def test_float16_weights_load_as_float32_and_run_unchanged(tmp_path, tiny_config):
+    net = build_davss_net(tiny_config.model)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    path = save_checkpoint(tmp_path / "half.pt", config=tiny_config, state_dict=half)
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    assert stored["segmenter.decoder.classifier.weight"].dtype == torch.float16
+    ck = load_checkpoint(path)
+    assert all(v.dtype != torch.float16 for v in ck.state_dict.values())
+    assert ck.state_dict["segmenter.decoder.classifier.weight"].dtype == torch.float32
+    seg = VideoSegmenter(checkpoint=path, device="cpu")
+    assert next(seg.net.parameters()).dtype == torch.float32
+    assert seg.step(np.zeros((64, 128, 3), np.uint8)).labels.shape == (64, 128)
+
+
+def test_describe_origin_says_how_the_weights_were_made():
+    assert describe_origin({"untrained": True, "seed": 0}) == "untrained weights"
+    assert describe_origin({}) == "origin not recorded"
+    text = describe_origin({
+        "trained_by": "davss train", "config_file": "config/train/synthetic_cpu.yaml",
+        "train_config": {"dataset": {"kind": "synthetic", "root": "out/data/s"}},
+        "export": {"half": True, "date": "2026-11-24T00:00:00Z", "label_agreement": 99.97}})
+    assert text == ("trained by davss train on synthetic (out/data/s), recipe "
+                    "config/train/synthetic_cpu.yaml; exported float16 2026-11-24T00:00:00Z, "
+                    "99.97% label agreement with its source")
+
+
+def test_default_model_location_follows_davss_weights_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv(weights.ENV_VAR, raising=False)
+    assert weights.weights_dir() == weights.PACKAGE_WEIGHTS_DIR
+    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path))
+    assert weights.default_checkpoint() is None  # an empty folder: no default model
+    (tmp_path / weights.DEFAULT_NAME).write_bytes(b"x")
+    assert weights.default_checkpoint() == tmp_path / weights.DEFAULT_NAME
+
+
+def test_node_checkpoint_values_select_shipped_untrained_or_a_file(tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path))
+    shipped = tmp_path / weights.DEFAULT_NAME
+    path, why = weights.resolve_checkpoint("", "cpu")
+    assert path is None and str(shipped) in why and "missing" in why
+    shipped.write_bytes(b"x")
+    assert weights.resolve_checkpoint("", "cpu") == (shipped, "")
+    assert weights.resolve_checkpoint("", "paper")[0] is None  # no shipped paper model
+    assert "only the 'cpu' preset" in weights.resolve_checkpoint("", "paper")[1]
+    path, why = weights.resolve_checkpoint("untrained", "cpu")
+    assert path is None and "'untrained'" in why
+    assert weights.resolve_checkpoint("/m/other.pt", "paper") == (Path("/m/other.pt"), "")
+
+
+SHIPPED = weights.PACKAGE_WEIGHTS_DIR / weights.DEFAULT_NAME
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(),
+                    reason=f"no model shipped yet ({SHIPPED} is absent in this checkout)")
+def test_the_shipped_model_is_small_safe_to_load_trained_and_the_cpu_preset():
+    assert SHIPPED.stat().st_size <= 20_000_000  # bytes: 20 MB
+    payload = torch.load(SHIPPED, map_location="cpu", weights_only=True)  # plain data only
+    assert payload["format"] == "davss_ros.checkpoint"
+    ck = load_checkpoint(SHIPPED)
+    assert ck.meta.get("trained_by") and not ck.meta.get("untrained"), ck.meta.keys()
+    preset = load_config("cpu").model
+    assert ck.config.model.segmenter == preset.segmenter
+    assert ck.config.model.num_classes == preset.num_classes
+    assert any(k.startswith("accel_") for k in ck.state_dict)  # model.mode accel works
+    seg = VideoSegmenter(checkpoint=SHIPPED, device="cpu")
+    assert seg.step(np.zeros((256, 512, 3), np.uint8)).labels.shape == (256, 512)

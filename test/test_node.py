@@ -720,3 +720,58 @@ def test_configure_with_a_checkpoint_and_refuse_a_mismatched_one(domain_id, mode
         assert "do not match" in node._configure_error
     finally:
         seg.close()
+
+
+def test_empty_checkpoint_means_the_shipped_model_and_the_node_says_which_it_loaded(
+        domain_id, model_yaml, tmp_path, monkeypatch, capfd):
+    """model.checkpoint "" runs the shipped model (here a small stand-in found through
+    DAVSS_WEIGHTS_DIR); without a shipped file, with 'untrained' or with another
+    model.config it runs untrained weights and says so."""
+    from davss_ros.checkpoint import file_sha256, save_checkpoint
+    from davss_ros.config import load_config
+    from davss_ros.model import build_davss_net
+    from davss_ros.weights import DEFAULT_NAME, ENV_VAR
+
+    cfg = load_config(model_yaml)
+    cfg.model.input_height, cfg.model.input_width = H, W
+    shipped_dir = tmp_path / "weights"
+    shipped = save_checkpoint(
+        shipped_dir / DEFAULT_NAME, config=cfg, state_dict=build_davss_net(cfg.model).state_dict(),
+        meta={"trained_by": "davss train",
+              "train_config": {"dataset": {"kind": "synthetic", "root": "data/x"}}})
+    monkeypatch.setenv(ENV_VAR, str(shipped_dir))
+
+    seg = Segmenter(domain_id, {"model.device": "cpu"})  # every model.* at its default
+    try:
+        node = seg.node
+        assert node.get_parameter("model.checkpoint").value == ""
+        assert node.trigger_configure() == SUCCESS
+        assert node.segmenter.checkpoint.path == shipped and not node._untrained
+        assert f"{DEFAULT_NAME} (shipped; " in node._model_text
+        log = "".join(capfd.readouterr())
+        assert f"model: shipped {shipped} (sha256 {file_sha256(shipped)[:12]})" in log
+        assert "trained by davss train on synthetic (data/x)" in log
+        assert "UNTRAINED" not in log
+        assert node.trigger_cleanup() == SUCCESS
+
+        def configure_untrained(why: str) -> None:
+            assert node.trigger_configure() == SUCCESS
+            assert node._untrained and node.segmenter.checkpoint is None
+            assert node._model_text.startswith("untrained")
+            log = "".join(capfd.readouterr())
+            assert "UNTRAINED" in log and why in log, log
+            assert node.trigger_cleanup() == SUCCESS
+
+        node.set_parameters([Parameter("model.checkpoint", value="untrained")])
+        configure_untrained("model.checkpoint is 'untrained'")
+        node.set_parameters([Parameter("model.checkpoint", value=""),
+                             Parameter("model.config", value=model_yaml)])
+        configure_untrained("only the 'cpu' preset has a shipped model")
+        # A checkout without the shipped file keeps running, untrained and loudly so.
+        node.set_parameters([Parameter("model.config", value="cpu"),
+                             Parameter("input.width", value=W),
+                             Parameter("input.height", value=H)])
+        shipped.unlink()
+        configure_untrained(f"no model is shipped: {shipped}")
+    finally:
+        seg.close()

@@ -229,7 +229,7 @@ def build_status(stats: SegmenterStats, *, name: str, hardware_id: str, state: s
                 "(input faster than segmentation)")
     if untrained:
         level = max(level, WARN)
-        problems.append("no checkpoint: untrained weights, outputs are meaningless")
+        problems.append("untrained weights: outputs are meaningless")
     message = "; ".join(problems) if problems else f"{state}, segmenting" \
         if state == "active" else state
 

@@ -6,10 +6,11 @@ one-frame slot (``worker.py``) so the subscription callback never blocks.
 
 Lifecycle:
 
-- configure: read and validate the parameters, load the checkpoint and build the
-  segmenter, warm it up, create the (lifecycle) publishers. Any problem (a missing, corrupt
-  or mismatched checkpoint, a bad configuration) is logged and answers FAILURE: the node
-  stays unconfigured and can be configured again once the parameter is fixed.
+- configure: read and validate the parameters, load the checkpoint (by default the model
+  shipped with the package, see ``model.checkpoint``) and build the segmenter, warm it
+  up, create the (lifecycle) publishers. Any problem (a missing, corrupt or mismatched
+  checkpoint, a bad configuration) is logged and answers FAILURE: the node stays
+  unconfigured and can be configured again once the parameter is fixed.
 - activate: enable the publishers, publish the label table, subscribe to ``image``.
 - deactivate: unsubscribe and let the frame in flight finish; the model stays loaded.
 - cleanup: free the model and destroy the publishers.
@@ -44,7 +45,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -271,11 +271,15 @@ class SegmenterNode(LifecycleNode):
 
     def _build_segmenter(self, s: P.NodeParams):
         # Imported here: torch takes a while to import, and `segmenter --help` need not wait.
-        from davss_ros.checkpoint import load_checkpoint
+        from davss_ros.checkpoint import describe_origin, file_sha256, load_checkpoint
         from davss_ros.config import load_config
         from davss_ros.pipeline import VideoSegmenter
+        from davss_ros.weights import resolve_checkpoint
 
-        checkpoint = load_checkpoint(s.checkpoint) if s.checkpoint else None
+        # model.checkpoint empty = the shipped model (for model.config cpu), 'untrained' =
+        # random weights, else a file; see davss_ros.weights.resolve_checkpoint.
+        path, untrained_reason = resolve_checkpoint(s.checkpoint, s.config)
+        checkpoint = load_checkpoint(path) if path is not None else None
         # With a checkpoint its own configuration builds the networks; the node's
         # parameters set the runtime fields on top (mode, flow, schedule, input size).
         cfg = checkpoint.config if checkpoint is not None else load_config(s.config)
@@ -302,11 +306,20 @@ class SegmenterNode(LifecycleNode):
             self._model_text = (f"untrained {m.segmenter.backbone} "
                                 f"({s.config}, {m.input_width}x{m.input_height})")
             self.get_logger().warning(
-                "model.checkpoint is empty: running UNTRAINED random weights, the outputs "
-                "are meaningless. Set model.checkpoint to a trained DAVSS checkpoint.")
+                f"{untrained_reason}: running UNTRAINED random weights, the outputs are "
+                "meaningless. Set model.checkpoint to a trained DAVSS checkpoint (empty = "
+                "the model shipped with davss_ros, for model.config cpu).")
         else:
-            self._model_text = (f"{Path(s.checkpoint).name} ({m.segmenter.backbone}, "
-                                f"{m.input_width}x{m.input_height})")
+            shipped = not s.checkpoint.strip()
+            self._model_text = (f"{path.name} ({'shipped; ' if shipped else ''}"
+                                f"{m.segmenter.backbone}, {m.input_width}x{m.input_height})")
+            self.get_logger().info(
+                f"model: {'shipped ' if shipped else ''}{path} (sha256 "
+                f"{file_sha256(path)[:12]}): {describe_origin(checkpoint.meta)}")
+            if not shipped and s.config != P.SPECS["model.config"].default:
+                self.get_logger().warning(
+                    f"model.config {s.config!r} is not used: the checkpoint carries its own "
+                    "architecture")
         return seg
 
     def _setup_outputs(self, s: P.NodeParams, seg) -> None:
@@ -691,7 +704,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-topic", metavar="TOPIC",
                         help="input topic, remapped onto 'image' (e.g. /camera/image_raw)")
     parser.add_argument("--namespace", metavar="NS", help="node namespace (one per camera)")
-    parser.add_argument("--checkpoint", metavar="PT", help="sets model.checkpoint")
+    parser.add_argument("--checkpoint", metavar="PT",
+                        help="sets model.checkpoint (default: the shipped model; "
+                        "'untrained' for random weights)")
     parser.add_argument("--no-autostart", action="store_true",
                         help="stay unconfigured; wait for lifecycle transition requests")
     parser.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],

@@ -224,7 +224,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--config", help="model preset or YAML (default: cpu)")
-    parser.add_argument("--checkpoint", help="checkpoint (default: untrained weights)")
+    parser.add_argument("--checkpoint", help="checkpoint (default: the shipped model for the "
+                        "cpu configuration; \"untrained\" for random weights)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--all-outputs", action="store_true",
                         help="also subscribe to labels_color, overlay and distortion")

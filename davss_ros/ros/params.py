@@ -52,12 +52,16 @@ _S = ScheduleConfig()
 
 SPECS: dict[str, Spec] = {
     "model.checkpoint": Spec(
-        "", "Path of a DAVSS checkpoint (.pt). Empty: untrained random weights, outputs "
-        "are meaningless (a warning is logged)."),
+        "", "DAVSS checkpoint (.pt). Empty: the trained model shipped with davss_ros "
+        "(weights/davss_cpu.pt, or $DAVSS_WEIGHTS_DIR/davss_cpu.pt) when model.config is "
+        "cpu; with another model.config, or if the file is missing, untrained random "
+        "weights (a warning is logged). 'untrained': random weights of model.config, "
+        "meaningless outputs (timing, tests). Else the path of a checkpoint file."),
     "model.config": Spec(
-        "cpu", "Model configuration: a preset name (cpu, paper) or a YAML file. With a "
-        "checkpoint the checkpoint's own architecture is used; see the other model.* "
-        "parameters for what may be overridden."),
+        "cpu", "Model architecture: a preset name (cpu, paper) or a YAML file. cpu is the "
+        "shipped model's architecture; another value with model.checkpoint empty runs "
+        "untrained weights of it. A checkpoint file carries its own architecture, and "
+        "then this is not used."),
     "model.device": Spec(
         "auto", "Torch device: auto (CUDA when available), cpu, cuda or cuda:N."),
     "model.mode": Spec(

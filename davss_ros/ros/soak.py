@@ -531,7 +531,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=_size, default=(1280, 720), metavar="WxH",
                         help="camera frame size (default 1280x720)")
     parser.add_argument("--config", default="cpu", help="model preset or YAML (model.config)")
-    parser.add_argument("--checkpoint", default="", help="model.checkpoint (default: none)")
+    parser.add_argument("--checkpoint", default="",
+                        help="model.checkpoint (default: the shipped model for the cpu "
+                             "configuration; \"untrained\" for random weights)")
     parser.add_argument("--device", default="cpu", help="model.device (default cpu)")
     parser.add_argument("--warmup", type=float, default=10.0, metavar="S",
                         help="seconds excluded from the latency table (default 10)")

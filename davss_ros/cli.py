@@ -22,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "node": ("davss_ros.ros.node", "run the davss_segmenter lifecycle node"),
     "make-bag": ("davss_ros.bag.make", "write a rosbag2 of camera images (and labels)"),
     "replay": ("davss_ros.bag.replay", "replay a bag through the node and score it"),
+    "report": ("davss_ros.report", "evaluate, benchmark and write docs/RESULTS.md (PDA, "
+               "CCA, ablations, scheduling, upper bound)"),
+    "export": ("davss_ros.export", "write a deployable (float16) copy of a checkpoint, "
+               "checked against its source"),
     "soak": ("davss_ros.ros.soak", "run the node for minutes under a camera stream: memory, "
              "latency drift, frame accounting"),
 }

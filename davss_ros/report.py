@@ -1,0 +1,648 @@
+"""``davss report``: measure the trained model and write ``docs/RESULTS.md``.
+
+Everything in the report comes from the project's own code in one run:
+
+- PDA (mIoU at propagation distance d = 1..9, ``davss_ros.evaluate.pda``) of per_frame,
+  dff, accel and davss with the shipped recipe's weights, of the stage-3 ablations (the
+  paper's Table III), and of the upper bounds with the ground-truth distortion map (the
+  paper's Table IV);
+- CCA: mean cost per frame, C_mean = (C_key + d * C_nonkey) / (d + 1) (the paper's Eq. 8),
+  in GFLOPs (``davss_ros.flops``) and in milliseconds measured on this machine
+  (``davss_ros.bench``), against the mIoU at d;
+- fixed against adaptive key-frame scheduling at matched mean cost, on whole clips
+  (``davss_ros.evaluate.schedule_eval``);
+- the goals of the project's results issue, each marked met or missed with its numbers.
+
+The spec (``config/report.yaml``) names the data split, the checkpoints and the sweeps. The
+raw numbers go to a JSON file next to the figures, and ``--readme`` rewrites the block of
+README.md between the ``results`` markers from the same numbers, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+README_BEGIN = "<!-- results:begin (written by davss report; do not edit) -->"
+README_END = "<!-- results:end -->"
+MAIN_MODES = ("per_frame", "dff", "accel", "davss")
+BOUND_MODES = ("davss_gt", "accel_gt")
+SUMMARY_DISTANCES = (1, 5, 9)
+
+
+@dataclass
+class Ablation:
+    name: str
+    checkpoint: str
+    train_config: str = ""
+
+
+@dataclass
+class ScheduleSweep:
+    clips: int = 32
+    fixed_intervals: list = field(default_factory=lambda: list(range(1, 11)))
+    adaptive_thresholds: list = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    max_interval: int = 10
+
+
+@dataclass
+class ReportSpec:
+    dataset_kind: str
+    dataset_root: str
+    split: str
+    checkpoint: str
+    train_config: str = ""
+    ablations: list = field(default_factory=list)
+    distances: list = field(default_factory=lambda: list(range(1, 10)))
+    schedule: ScheduleSweep = field(default_factory=ScheduleSweep)
+    bench_frames: int = 40
+    bench_key_interval: int = 5
+    shipped: str = ""
+    source: str = ""
+
+
+def load_spec(path: str | Path) -> ReportSpec:
+    """Read ``config/report.yaml``; missing or unknown fields are errors naming them."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"report spec not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    known = {"dataset", "model", "ablations", "distances", "schedule", "bench", "shipped"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}")
+    try:
+        ds, model = data["dataset"], data["model"]
+        spec = ReportSpec(
+            dataset_kind=str(ds["kind"]), dataset_root=str(ds["root"]),
+            split=str(ds.get("split", "test")), checkpoint=str(model["checkpoint"]),
+            train_config=str(model.get("train_config", "")),
+            ablations=[Ablation(**a) for a in data.get("ablations") or []],
+            distances=[int(d) for d in data.get("distances", range(1, 10))],
+            schedule=ScheduleSweep(**(data.get("schedule") or {})),
+            bench_frames=int((data.get("bench") or {}).get("frames", 40)),
+            bench_key_interval=int((data.get("bench") or {}).get("key_interval", 5)),
+            shipped=str(data.get("shipped", "")), source=str(path))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: missing or malformed field: {exc}") from exc
+    if not spec.distances or min(spec.distances) < 1:
+        raise ValueError(f"{path}: distances must be >= 1")
+    return spec
+
+
+# ------------------------------------------------------------------------- measuring
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}",
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def training_info(checkpoint) -> dict[str, Any]:
+    """What the checkpoint's meta says about its training: data, stages, seconds."""
+    meta = checkpoint.meta or {}
+    cfg = meta.get("train_config") or {}
+    stages = meta.get("stages") or {}
+    seconds = {k: v.get("seconds") for k, v in stages.items() if isinstance(v, dict)
+               and v.get("seconds") is not None}
+    gen = (cfg.get("dataset") or {}).get("generate") or {}
+    return {
+        "config_file": meta.get("config_file"),
+        "seed": cfg.get("seed"),
+        "data": {"kind": (cfg.get("dataset") or {}).get("kind"), "clips": gen.get("clips"),
+                 "height": gen.get("height"), "width": gen.get("width"),
+                 "frames": gen.get("frames"), "seed": gen.get("seed")},
+        "iterations": {k: v.get("iterations") for k, v in stages.items()
+                       if isinstance(v, dict) and "iterations" in v},
+        "stage_seconds": seconds,
+        "total_seconds": round(sum(seconds.values()), 1) if seconds else None,
+        "stage0_val_miou": (stages.get("0") or {}).get("val_miou"),
+    }
+
+
+def _pda(checkpoint, modes, dataset, distances, device, progress) -> dict[str, dict]:
+    from davss_ros.evaluate.pda import build_segmenters, evaluate_pda, results_as_json
+
+    segmenters = build_segmenters(checkpoint, modes, device=device)
+    try:
+        results = evaluate_pda(segmenters, dataset, distances=distances, progress=progress)
+    finally:
+        for seg in segmenters.values():
+            seg.close()
+    names = next(iter(segmenters.values())).class_names
+    return {row["mode"]: row for row in results_as_json(results, names)}
+
+
+def _bench(checkpoint_path: str, config, frames, key_interval: int, device) -> dict:
+    from davss_ros.bench import time_mode
+
+    return {mode: time_mode(frames, config=config, mode=mode, checkpoint=checkpoint_path,
+                            device=device, key_interval=key_interval)
+            for mode in MAIN_MODES}
+
+
+def _test_frames(dataset, count: int):
+    """``count`` consecutive frames of the first test snippet(s), for timing."""
+    import numpy as np
+
+    frames = []
+    i = 0
+    while len(frames) < count and i < len(dataset):
+        sample = dataset.pda_sample(i, 9)
+        frames.extend(sample.frames)
+        i += 1
+    return np.stack(frames[:count])
+
+
+def cca_points(pda: dict[str, dict], costs: dict[str, dict[str, float]],
+               distances) -> list[tuple[str, float, float]]:
+    """(mode, C_mean at d, mIoU at d) for each mode and d: the paper's CCA convention, a
+    key frame every d + 1 frames scored at its farthest frame. per_frame is one point."""
+    from davss_ros.flops import c_mean
+
+    points = []
+    for mode, row in pda.items():
+        if mode not in costs:
+            continue
+        key, nonkey = costs[mode]["key"], costs[mode]["nonkey"]
+        for d in ([distances[0]] if mode == "per_frame" else distances):
+            miou = row["miou"].get(str(d))
+            if miou is not None:
+                points.append((mode, c_mean(key, nonkey, d), miou))
+    return points
+
+
+def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
+            progress: bool = False, bench: bool = True,
+            log=print) -> dict[str, Any]:
+    """Run every measurement of the report; returns the JSON-ready results."""
+    from davss_ros.checkpoint import load_checkpoint
+    from davss_ros.evaluate.cli import open_dataset
+    from davss_ros.flops import frame_cost_table
+
+    t_start = time.perf_counter()
+    ck = load_checkpoint(spec.checkpoint)
+    dataset = open_dataset(spec.dataset_kind, Path(spec.dataset_root), spec.split,
+                           max_distance=max(spec.distances))
+    if limit is not None:
+        dataset = _Limited(dataset, limit)
+    out: dict[str, Any] = {
+        "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "spec": spec.source, "machine": machine_info(),
+        "dataset": {"kind": spec.dataset_kind, "root": spec.dataset_root,
+                    "split": spec.split, "snippets": len(dataset)},
+        "checkpoint": spec.checkpoint, "distances": list(spec.distances),
+        "training": training_info(ck),
+    }
+    m = ck.config.model
+    out["model"] = {"backbone": m.segmenter.backbone, "flow": m.flow.provider,
+                    "input": [m.input_height, m.input_width], "classes": m.num_classes,
+                    "cfnet_width": m.cfnet.width_mult}
+
+    log(f"report: PDA of {', '.join(MAIN_MODES + BOUND_MODES)} on {len(dataset)} "
+        f"{spec.split} snippets")
+    out["pda"] = _pda(ck, MAIN_MODES + BOUND_MODES, dataset, spec.distances, device,
+                      progress)
+    out["ablations"] = {}
+    for abl in spec.ablations:
+        log(f"report: PDA of the ablation {abl.name!r} ({abl.checkpoint})")
+        ack = load_checkpoint(abl.checkpoint)
+        row = _pda(ack, ("davss",), dataset, spec.distances, device, progress)["davss"]
+        row["checkpoint"] = abl.checkpoint
+        row["train_config"] = abl.train_config
+        row["training"] = training_info(ack)
+        out["ablations"][abl.name] = row
+
+    log("report: GFLOPs per frame (davss flops)")
+    table = frame_cost_table(ck.config)
+    out["flops"] = {"key": table["key"], "non_key": table["non_key"],
+                    "modules": table["modules"], "flow_note": table["flow_note"]}
+    gflops = {mode: {"key": table["key"], "nonkey": table["non_key"][mode]}
+              for mode in MAIN_MODES}
+    out["cca_gflops"] = cca_points(out["pda"], gflops, spec.distances)
+
+    if bench:
+        log(f"report: timing {spec.bench_frames} frames per mode on {device}")
+        frames = _test_frames(dataset, spec.bench_frames)
+        out["bench"] = _bench(spec.checkpoint, ck.config, frames, spec.bench_key_interval,
+                              device)
+        ms = {mode: {"key": b["key_ms"], "nonkey": b["nonkey_ms"]}
+              for mode, b in out["bench"].items()}
+        out["cca_ms"] = cca_points(out["pda"], ms, spec.distances)
+
+    sw = spec.schedule
+    clips = sw.clips if limit is None else min(sw.clips, limit)
+    log(f"report: fixed against adaptive key frames on {clips} whole clips")
+    out["schedule"] = _schedule(ck, dataset, sw, clips, table, device, progress)
+
+    if spec.shipped and Path(spec.shipped).is_file():
+        out["shipped"] = shipped_info(spec.shipped)
+    out["goals"] = check_goals(out)
+    out["seconds"] = round(time.perf_counter() - t_start, 1)
+    return out
+
+
+def _schedule(ck, dataset, sw: ScheduleSweep, clips: int, table: dict, device,
+              progress: bool) -> dict[str, Any]:
+    """Stream whole clips under fixed intervals and adaptive thresholds (davss mode, the
+    node's schedule settings otherwise, scene cuts on) and compare at matched GFLOPs."""
+    from dataclasses import replace
+
+    from davss_ros.evaluate.schedule_eval import (
+        build_segmenter,
+        iter_clips,
+        sweep_as_json,
+        sweep_schedules,
+    )
+
+    seg = build_segmenter(ck, mode="davss", device=device)
+    try:
+        base = replace(seg.config.schedule, max_interval=int(sw.max_interval))
+        sweep = sweep_schedules(seg, iter_clips(getattr(dataset, "dataset", dataset),
+                                                clips=clips),
+                                intervals=sw.fixed_intervals,
+                                thresholds=sw.adaptive_thresholds, base=base,
+                                progress=progress)
+    finally:
+        seg.close()
+    out = sweep_as_json(sweep, key_cost=table["key"], nonkey_cost=table["non_key"]["davss"])
+    frames = sweep.fixed[0].frames if sweep.fixed else 0
+    out["description"] = (
+        f"davss mode streams {clips} whole clips ({frames} frames, every frame scored) "
+        "under each schedule: fixed = a key frame every k frames; adaptive = a key frame "
+        "when the mean of the predicted distortion map is above the threshold, or after "
+        f"{sw.max_interval} frames. Scene cuts force key frames in both. The mean cost per "
+        "frame is key fraction x key GFLOPs + the rest x non-key GFLOPs; the fixed curve's "
+        "mIoU is interpolated linearly at each adaptive point's cost.")
+    return out
+
+
+class _Limited:
+    """The first ``n`` snippets of a data set (quick runs of the report)."""
+
+    def __init__(self, dataset, n: int) -> None:
+        self.dataset, self.n = dataset, min(int(n), len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def pda_sample(self, i: int, distance: int):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset.pda_sample(i, distance)
+
+
+def shipped_info(path: str | Path) -> dict[str, Any]:
+    import hashlib
+
+    data = Path(path).read_bytes()
+    return {"path": str(path), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# ------------------------------------------------------------------------- goals
+
+
+def check_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results issue's goals on held-out clips, each with its numbers and met or not.
+
+    - davss at d = 9 within 3 mIoU points of per_frame;
+    - davss at d = 9 at least 5 points above dff;
+    - each ablation below the full model (mean over d);
+    - adaptive scheduling at least as accurate as fixed at the same mean cost (every swept
+      adaptive point within the fixed curve's cost range).
+    """
+    pda, d = results["pda"], str(max(results["distances"]))
+    goals = []
+
+    def at(mode: str) -> float:
+        return pda[mode]["miou"][d]
+
+    gap = at("per_frame") - at("davss")
+    goals.append({"goal": f"davss at d={d} within 3 points of per_frame",
+                  "measured": f"{at('davss'):.2f} vs {at('per_frame'):.2f} "
+                              f"(gap {gap:.2f})", "met": gap <= 3.0})
+    lead = at("davss") - at("dff")
+    goals.append({"goal": f"davss at d={d} at least 5 points above dff",
+                  "measured": f"{at('davss'):.2f} vs {at('dff'):.2f} (+{lead:.2f})"
+                  if lead >= 0 else f"{at('davss'):.2f} vs {at('dff'):.2f} ({lead:.2f})",
+                  "met": lead >= 5.0})
+    full = pda["davss"]["mean_miou"]
+    for name, row in results.get("ablations", {}).items():
+        goals.append({"goal": f"{name} below the full model (mean mIoU over d)",
+                      "measured": f"{row['mean_miou']:.2f} vs {full:.2f}",
+                      "met": row["mean_miou"] < full})
+    rows = [r for r in (results.get("schedule") or {}).get("matched", [])
+            if r.get("fixed_miou") is not None]
+    if rows:
+        worst = min(rows, key=lambda r: r["difference"])
+        goals.append({"goal": "adaptive at least as accurate as fixed at the same mean cost",
+                      "measured": f"{len(rows)} adaptive points, adaptive - fixed from "
+                                  f"{worst['difference']:+.2f} to "
+                                  f"{max(r['difference'] for r in rows):+.2f} points",
+                      "met": all(r["difference"] >= 0.0 for r in rows)})
+    return goals
+
+
+# ------------------------------------------------------------------------- writing
+
+
+def write_figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
+    from davss_ros.evaluate.plots import plot_cca, plot_pda
+
+    folder.mkdir(parents=True, exist_ok=True)
+    figs = {}
+    rows = [results["pda"][m] for m in MAIN_MODES if m in results["pda"]]
+    rows += [dict(r, mode=f"davss, {name}") for name, r in results["ablations"].items()]
+    rows += [dict(results["pda"][m], mode=m.replace("_gt", "*")) for m in BOUND_MODES
+             if m in results["pda"]]
+    figs["pda"] = str(plot_pda({"results": rows}, folder / "pda.png",
+                               title=f"PDA, synthetic {results['dataset']['split']} clips"))
+    figs["cca_gflops"] = str(plot_cca(results["cca_gflops"], folder / "cca_gflops.png",
+                                      title="CCA: mIoU against GFLOPs per frame"))
+    if results.get("cca_ms"):
+        figs["cca_ms"] = str(plot_cca(results["cca_ms"], folder / "cca_ms.png",
+                                      cost_label="mean time per frame (ms, this CPU)",
+                                      title="CCA: mIoU against measured time per frame"))
+    sched = results.get("schedule") or {}
+    if sched.get("fixed") and sched.get("adaptive"):
+        pts = [("fixed", r["cost"], r["miou"]) for r in sched["fixed"]]
+        pts += [("adaptive", r["cost"], r["miou"]) for r in sched["adaptive"]]
+        figs["schedule"] = str(plot_cca(pts, folder / "schedule.png",
+                                        title="davss: fixed against adaptive key frames"))
+    return figs
+
+
+def _f(v: float | None, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _bench_frames(results: dict[str, Any]) -> int:
+    b = results["bench"]["davss"]
+    return int(b["key_frames"] + b["nonkey_frames"])
+
+
+def _pda_table(rows: list[tuple[str, dict]], distances) -> list[str]:
+    head = "| | " + " | ".join(f"d={d}" for d in distances) + " | mean |"
+    lines = [head, "|---" * (len(distances) + 2) + "|"]
+    for name, row in rows:
+        cells = [_f(row["miou"].get(str(d))) for d in distances] + [_f(row["mean_miou"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
+                    doc_dir: Path, command: str) -> str:
+    ds, tr, mach, model = (results["dataset"], results["training"], results["machine"],
+                           results["model"])
+    dist = results["distances"]
+    rel = {k: os.path.relpath(v, doc_dir) for k, v in figures.items()}
+    L: list[str] = []
+    L += ["# Results", "",
+          f"Written by `{command}` on {results['generated']} "
+          f"({results['seconds']:.0f} s). Do not edit: rerun the command.", "",
+          "Everything here is on **synthetic** driving clips rendered by davss_ros "
+          "(`davss_ros/data/synthetic.py`), not on real camera data. "
+          f"The scores are on the held-out `{ds['split']}` split "
+          f"({ds['snippets']} snippets); nothing in training or in the recipe's choices "
+          "looked at it.", ""]
+    L += ["## Goals", "", "| goal | measured (mIoU %) | met |", "|---|---|---|"]
+    L += [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |"
+          for g in results["goals"]]
+    L += ["", "## Setup", "",
+          f"- Model: DeepLabv3+ on {model['backbone']}, {model['flow']} flow, CFNet at "
+          f"{model['cfnet_width']} width, input {model['input'][0]}x{model['input'][1]}, "
+          f"{model['classes']} classes (Cityscapes trainIds).",
+          f"- Checkpoint: `{results['checkpoint']}`"
+          + (f"; shipped as `{results['shipped']['path']}` "
+             f"({results['shipped']['bytes'] / 1e6:.1f} MB, sha256 "
+             f"{results['shipped']['sha256'][:12]})" if results.get("shipped") else "") + ".",
+          f"- Training: `davss train --config {tr['config_file']}`, seed {tr['seed']}; "
+          f"data {tr['data']['clips']} clips of {tr['data']['frames']} frames at "
+          f"{tr['data']['height']}x{tr['data']['width']} (render seed "
+          f"{tr['data']['seed']}); iterations per stage {tr['iterations']}; "
+          f"{_f(tr['total_seconds'], 0)} s of training "
+          f"({', '.join(f'stage {k}: {v:.0f} s' for k, v in tr['stage_seconds'].items())}"
+          "), data rendering not included.",
+          f"- Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']} "
+          f"({mach['torch_threads']} threads), Python {mach['python']}, {mach['system']}"
+          + (f", GPU {mach['cuda']}" if mach.get("cuda") else ", no GPU") + ".",
+          "- PDA protocol: for each snippet and d, the frame d before the annotated one is "
+          "the key frame and the following frames are propagated one by one; one confusion "
+          "matrix per (mode, d) over the split.", ""]
+
+    L += ["## PDA: mIoU (%) against propagation distance", ""]
+    L += _pda_table([(m, results["pda"][m]) for m in MAIN_MODES], dist)
+    L += ["", f"![PDA]({rel['pda']})", ""]
+
+    L += ["## Ablations (the paper's Table III)", "",
+          "Each ablation retrains stage 3 from the same stages 0-2 "
+          "(`davss train --reuse`), davss mode.", ""]
+    rows = [("full model", results["pda"]["davss"])]
+    rows += [(name, row) for name, row in results["ablations"].items()]
+    sd = [d for d in SUMMARY_DISTANCES if d in dist]
+    L += _pda_table(rows, sd)
+    L += ["", "(mean: over all d = " + ", ".join(map(str, dist)) + ".)", ""]
+
+    L += ["## Upper bound with the ground-truth distortion map (the paper's Table IV)", "",
+          "`*`: the wrongly propagated pixels (against the ground truth) take the correction "
+          "(CFNet's cue for davss, Accel's fused output for accel), the others keep the "
+          "propagated prediction. The gap is how much a perfect distortion map would add.",
+          ""]
+    head = "| | " + " | ".join(f"d={d}" for d in sd) + " | mean | gap |"
+    L += [head, "|---" * (len(sd) + 3) + "|"]
+    for mode, bound in (("davss", "davss_gt"), ("accel", "accel_gt")):
+        if bound not in results["pda"]:
+            continue
+        a, b = results["pda"][mode], results["pda"][bound]
+        L.append(f"| {mode} | " + " | ".join(_f(a["miou"][str(d)]) for d in sd)
+                 + f" | {_f(a['mean_miou'])} | |")
+        L.append(f"| {mode}* | " + " | ".join(_f(b["miou"][str(d)]) for d in sd)
+                 + f" | {_f(b['mean_miou'])} | {_f(b['mean_miou'] - a['mean_miou'])} |")
+    L += [""]
+
+    L += ["## CCA: mIoU against mean cost per frame", "",
+          "C_mean = (C_key + d C_nonkey) / (d + 1) (the paper's Eq. 8): one key frame every "
+          "d + 1 frames, plotted against the mIoU at d (the farthest frame), as the paper "
+          "does. GFLOPs by `davss flops` (" + results["flops"]["flow_note"] + ")"
+          + (f"; milliseconds measured by `davss bench`'s timing on {_bench_frames(results)}"
+             " test frames per mode, medians." if results.get("bench") else "."), ""]
+    L += ["| mode | key GFLOPs | non-key GFLOPs"
+          + (" | key ms | non-key ms | non-key / key (ms)" if results.get("bench") else "")
+          + " |", "|---|---|---" + ("|---|---|---" if results.get("bench") else "") + "|"]
+    for mode in MAIN_MODES:
+        line = (f"| {mode} | {results['flops']['key']:.2f} | "
+                f"{results['flops']['non_key'][mode]:.2f}")
+        if results.get("bench"):
+            b = results["bench"][mode]
+            line += f" | {b['key_ms']:.1f} | {b['nonkey_ms']:.1f} | {b['nonkey_over_key']:.2f}"
+        L.append(line + " |")
+    L += ["", f"![CCA GFLOPs]({rel['cca_gflops']})"]
+    if "cca_ms" in rel:
+        L += ["", f"![CCA ms]({rel['cca_ms']})"]
+    L += [""]
+
+    sched = results.get("schedule") or {}
+    L += ["## Fixed against adaptive key frames at matched mean cost", ""]
+    if sched:
+        L += [sched.get("description", ""), ""]
+        L += ["| adaptive threshold | key fraction | GFLOPs / frame | adaptive mIoU | "
+              "fixed mIoU at that cost | adaptive - fixed |", "|---|---|---|---|---|---|"]
+        for r in sched.get("matched", []):
+            L.append(f"| {r['threshold']:g} | {r['key_fraction']:.3f} | {r['cost']:.2f} | "
+                     f"{_f(r['adaptive_miou'])} | {_f(r.get('fixed_miou'))} | "
+                     f"{_f(r.get('difference'))} |")
+        L += ["", "Fixed intervals k (key fraction, mIoU): " + ", ".join(
+            f"{r['key_interval']} ({r['key_fraction']:.3f}, {_f(r['miou'])})"
+            for r in sched.get("fixed", [])) + ".", ""]
+        if "schedule" in rel:
+            L += [f"![schedule]({rel['schedule']})", ""]
+    L += ["## Reproduce", "", "```",
+          "make results   # trains what is missing, then:",
+          command, "```", "",
+          "Raw numbers: `" + os.path.relpath(results.get("json_path", ""), doc_dir) + "`.",
+          ""]
+    return "\n".join(L)
+
+
+def readme_block(results: dict[str, Any]) -> str:
+    """The README's results block: the headline numbers, from the same results."""
+    pda, d = results["pda"], str(max(results["distances"]))
+    lines = [README_BEGIN,
+             f"Held-out synthetic `{results['dataset']['split']}` clips "
+             f"({results['dataset']['snippets']} snippets), mIoU (%) at propagation "
+             f"distance d (from [docs/RESULTS.md](docs/RESULTS.md)):", "",
+             "| mode | d=1 | d=5 | d=9 | mean |", "|---|---|---|---|---|"]
+    for mode in MAIN_MODES:
+        r = pda[mode]
+        lines.append(f"| {mode} | " + " | ".join(_f(r["miou"].get(str(k)))
+                                                  for k in (1, 5, 9)) +
+                     f" | {_f(r['mean_miou'])} |")
+    met = sum(g["met"] for g in results["goals"])
+    lines += ["", f"Goals met: {met} of {len(results['goals'])} "
+                  f"(d={d}; see the report for which)."]
+    if results.get("bench"):
+        b = results["bench"]["davss"]
+        lines.append(f"davss on this CPU: key frame {b['key_ms']:.1f} ms, non-key "
+                     f"{b['nonkey_ms']:.1f} ms (ratio {b['nonkey_over_key']:.2f}).")
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def model_card_block(results: dict[str, Any]) -> str:
+    """The model card's numbers: per-class IoU of the shipped model, and the headline."""
+    pda, d = results["pda"], str(max(results["distances"]))
+    per, dav = pda["per_frame"]["per_class_iou"], pda["davss"]["per_class_iou"]
+    lines = [README_BEGIN,
+             f"On the held-out synthetic `{results['dataset']['split']}` split "
+             f"({results['dataset']['snippets']} snippets; from "
+             "[RESULTS.md](RESULTS.md)): mIoU per frame (every frame a key frame) "
+             f"{_f(pda['per_frame']['mean_miou'])} %, davss at d=1 "
+             f"{_f(pda['davss']['miou'].get('1'))} % and at d={d} "
+             f"{_f(pda['davss']['miou'].get(d))} %.", "",
+             f"| class | IoU per frame (%) | IoU davss, d={d} (%) |", "|---|---|---|"]
+    for name in per:
+        if per[name] is None and dav.get(name) is None:
+            continue
+        lines.append(f"| {name} | {_f(per[name])} | {_f(dav.get(name))} |")
+    absent = [n for n in per if per[n] is None and dav.get(n) is None]
+    if absent:
+        lines += ["", "Not in the synthetic data, never scored (the model still has an output "
+                      "for them): " + ", ".join(absent) + "."]
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, block: str) -> bool:
+    """Replace the results block of a markdown file (README.md, docs/MODEL_CARD.md);
+    returns False when the markers are missing."""
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(head + block + tail)
+    return True
+
+
+# ------------------------------------------------------------------------- command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config/report.yaml",
+                        help="report spec (data split, checkpoints, sweeps)")
+    parser.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"),
+                        help="markdown report to write")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="folder for the plots and results.json (default: "
+                             "<out's folder>/results)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also rewrite this README's results block")
+    parser.add_argument("--model-card", type=Path, default=None,
+                        help="also rewrite this model card's results block "
+                             "(docs/MODEL_CARD.md)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N snippets / clips (a quick look)")
+    parser.add_argument("--no-bench", action="store_true", help="skip the timing")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from davss_ros.checkpoint import CheckpointError
+
+    try:
+        spec = load_spec(args.config)
+        if args.limit is not None and args.limit < 1:
+            raise ValueError("--limit must be >= 1")
+        results = collect(spec, device=args.device, limit=args.limit,
+                          progress=not args.no_progress, bench=not args.no_bench)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"davss report: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    figdir = args.figures or out.parent / "results"
+    results["json_path"] = str(figdir / "results.json")
+    figures = write_figures(results, figdir)
+    command = "davss report --config " + str(args.config) + (
+        f" --limit {args.limit}" if args.limit else "") + (
+        " --no-bench" if args.no_bench else "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_markdown(results, figures, doc_dir=out.parent, command=command))
+    Path(results["json_path"]).write_text(json.dumps(results, indent=1, default=float) + "\n")
+    print(f"wrote {out}, {figdir}/")
+    for g in results["goals"]:
+        print(f"  {'met   ' if g['met'] else 'MISSED'}  {g['goal']}: {g['measured']}")
+    status = 0
+    for path, block in ((args.readme, readme_block), (args.model_card, model_card_block)):
+        if path is None:
+            continue
+        if update_readme(path, block(results)):
+            print(f"updated the results block of {path}")
+        else:
+            print(f"davss report: {path} has no results markers; not changed",
+                  file=sys.stderr)
+            status = 1
+    return status

@@ -1,0 +1,205 @@
+"""``davss report`` end to end on tiny untrained checkpoints and tiny synthetic clips, and the
+consistency of the committed README / model card with the committed report."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from davss_ros import report
+from davss_ros.checkpoint import save_checkpoint
+from davss_ros.cli import main
+from davss_ros.config import load_config
+from davss_ros.data.synthetic import write_cityscapes_layout
+from davss_ros.evaluate.pda import untrained_checkpoint
+
+H, W = 64, 128
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"model": {"input_height": H, "input_width": W,
+                  "segmenter": {"backbone": "resnet18", "width_mult": 0.25,
+                                "aspp_channels": 16, "decoder_channels": 16,
+                                "low_level_channels": 8},
+                  "cfnet": {"width_mult": 0.125}}}
+
+
+def _save(path, seed, **model):
+    cfg = load_config({**TINY, "model": {**TINY["model"], **model}})
+    ck = untrained_checkpoint(cfg, seed=seed)
+    save_checkpoint(path, config=ck.config, state_dict=ck.state_dict,
+                    class_names=ck.class_names, palette=ck.palette,
+                    meta={"train_config": {"seed": 3, "dataset": {
+                        "kind": "synthetic", "generate": {"clips": {"train": 2}, "height": H,
+                                                          "width": W, "frames": 30,
+                                                          "seed": 0}}},
+                          "config_file": "tiny.yaml",
+                          "stages": {"0": {"iterations": 5, "seconds": 1.5},
+                                     "3": {"iterations": 2, "seconds": 0.5}}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("report")
+    write_cityscapes_layout(tmp / "data", "test", n_clips=2, height=H, width=W, seed=0,
+                            frames=30, progress=False)
+    main_ck = _save(tmp / "main.pt", 0)
+    abl_ck = _save(tmp / "abl.pt", 1, distortion_map="constant")
+    spec = {"dataset": {"kind": "synthetic", "root": str(tmp / "data"), "split": "test"},
+            "model": {"checkpoint": str(main_ck), "train_config": "tiny.yaml"},
+            "ablations": [{"name": "without DGFC", "checkpoint": str(abl_ck)}],
+            "distances": [1, 2, 3, 4, 5, 6, 7, 8, 9],
+            "schedule": {"clips": 2, "fixed_intervals": [1, 3, 5],
+                         "adaptive_thresholds": [0.2, 0.5], "max_interval": 6},
+            "bench": {"frames": 6, "key_interval": 3},
+            "shipped": str(main_ck)}
+    (tmp / "report.yaml").write_text(yaml.safe_dump(spec))
+    readme = tmp / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nold\n{report.README_END}\nafter\n")
+    card = tmp / "MODEL_CARD.md"
+    card.write_text(f"card\n{report.README_BEGIN}\n{report.README_END}\n")
+    out = tmp / "docs" / "RESULTS.md"
+    rc = main(["report", "--config", str(tmp / "report.yaml"), "--out", str(out),
+               "--readme", str(readme), "--model-card", str(card), "--no-progress",
+               "--device", "cpu"])
+    results = json.loads((tmp / "docs" / "results" / "results.json").read_text())
+    return {"rc": rc, "tmp": tmp, "out": out, "results": results, "readme": readme,
+            "card": card}
+
+
+def _table_row(text: str, name: str) -> list[str]:
+    for line in text.splitlines():
+        if line.startswith(f"| {name} |"):
+            return [c.strip() for c in line.strip("|").split("|")][1:]
+    raise AssertionError(f"no table row {name!r}")
+
+
+def test_report_writes_markdown_figures_and_json(run):
+    assert run["rc"] == 0
+    folder = run["tmp"] / "docs" / "results"
+    for name in ("pda.png", "cca_gflops.png", "cca_ms.png", "schedule.png"):
+        assert (folder / name).stat().st_size > 1000, name
+    text = run["out"].read_text()
+    for image in ("results/pda.png", "results/cca_gflops.png", "results/schedule.png"):
+        assert f"]({image})" in text
+
+
+def test_pda_table_in_markdown_is_the_json(run):
+    res, text = run["results"], run["out"].read_text()
+    for mode in report.MAIN_MODES:
+        row = res["pda"][mode]
+        want = [f"{row['miou'][str(d)]:.2f}" for d in range(1, 10)] + \
+            [f"{row['mean_miou']:.2f}"]
+        assert _table_row(text, mode) == want
+    # every mode of one run shares the weights: per_frame does not depend on d
+    assert len(set(res["pda"]["per_frame"]["miou"].values())) == 1
+
+
+def test_ablation_and_upper_bound_rows_are_reported(run):
+    res, text = run["results"], run["out"].read_text()
+    abl = res["ablations"]["without DGFC"]
+    assert _table_row(text, "without DGFC")[-1] == f"{abl['mean_miou']:.2f}"
+    # other weights (seed 1, constant fusion map): not the main model's numbers
+    assert abl["miou"] != res["pda"]["davss"]["miou"]
+    for mode in ("davss", "accel"):
+        bound = res["pda"][f"{mode}_gt"]
+        gap = bound["mean_miou"] - res["pda"][mode]["mean_miou"]
+        assert _table_row(text, f"{mode}*")[-1] == f"{gap:.2f}"
+
+
+def test_costs_follow_eq8_from_flops_and_bench(run):
+    res = run["results"]
+    key, nonkey = res["flops"]["key"], res["flops"]["non_key"]["davss"]
+    pts = [p for p in res["cca_gflops"] if p[0] == "davss"]
+    assert len(pts) == 9
+    for d, (_, cost, miou) in zip(range(1, 10), pts, strict=True):
+        assert cost == pytest.approx((key + d * nonkey) / (d + 1))
+        assert miou == res["pda"]["davss"]["miou"][str(d)]
+    b = res["bench"]["davss"]
+    ms = [p for p in res["cca_ms"] if p[0] == "davss"]
+    assert ms[4][1] == pytest.approx((b["key_ms"] + 5 * b["nonkey_ms"]) / 6)
+
+
+def test_goals_are_judged_from_the_reported_numbers(run):
+    res = run["results"]
+    goals = {g["goal"]: g for g in res["goals"]}
+    pda = res["pda"]
+    gap = pda["per_frame"]["miou"]["9"] - pda["davss"]["miou"]["9"]
+    assert goals["davss at d=9 within 3 points of per_frame"]["met"] == (gap <= 3.0)
+    lead = pda["davss"]["miou"]["9"] - pda["dff"]["miou"]["9"]
+    assert goals["davss at d=9 at least 5 points above dff"]["met"] == (lead >= 5.0)
+    abl = goals["without DGFC below the full model (mean mIoU over d)"]
+    assert abl["met"] == (res["ablations"]["without DGFC"]["mean_miou"]
+                          < pda["davss"]["mean_miou"])
+
+
+def test_check_goals_marks_missed_goals():
+    def row(values):
+        return {"miou": {str(d): v for d, v in zip(range(1, 10), values, strict=True)},
+                "mean_miou": sum(values) / 9}
+    results = {"distances": list(range(1, 10)),
+               "pda": {"per_frame": row([60.0] * 9), "dff": row([50.0] * 9),
+                       "davss": row([58.0] * 8 + [56.0])},
+               "ablations": {"without DDS": row([58.0] * 9)},
+               "schedule": {"matched": [{"difference": 0.4, "fixed_miou": 50.0},
+                                        {"difference": -0.1, "fixed_miou": 51.0}]}}
+    met = [g["met"] for g in report.check_goals(results)]
+    # gap 4 (missed), lead 6 (met), ablation 58 > 57.8 (missed), adaptive -0.1 (missed)
+    assert met == [False, True, False, False]
+
+
+def test_readme_and_model_card_blocks_are_rewritten_from_the_results(run):
+    res = run["results"]
+    text = run["readme"].read_text()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    assert "old" not in text and report.readme_block(res) in text
+    assert _table_row(text, "davss")[-1] == f"{res['pda']['davss']['mean_miou']:.2f}"
+    assert report.model_card_block(res) in run["card"].read_text()
+
+
+def test_a_file_without_markers_is_left_alone_and_the_command_fails(run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    assert main(["report", "--config", str(run["tmp"] / "report.yaml"),
+                 "--out", str(tmp_path / "R.md"), "--readme", str(readme), "--no-bench",
+                 "--limit", "1", "--no-progress", "--device", "cpu"]) == 1
+    assert readme.read_text() == "no markers\n"
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    spec = {"dataset": {"kind": "synthetic", "root": str(tmp_path), "split": "test"},
+            "model": {"checkpoint": str(tmp_path / "nope.pt")}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["report", "--config", str(tmp_path / "r.yaml"),
+                 "--out", str(tmp_path / "R.md")]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    assert not (tmp_path / "R.md").exists()
+
+
+# ------------------------------------------------------- the committed report and docs
+
+
+COMMITTED = REPO / "docs" / "results" / "results.json"
+
+
+@pytest.mark.skipif(not COMMITTED.is_file(), reason="no committed report yet")
+@pytest.mark.parametrize("doc,block", [("README.md", report.readme_block),
+                                       ("docs/MODEL_CARD.md", report.model_card_block)])
+def test_committed_docs_quote_the_committed_report(doc, block):
+    results = json.loads(COMMITTED.read_text())
+    assert block(results) in (REPO / doc).read_text(), \
+        f"{doc} is out of date: rerun davss report with --readme/--model-card"
+
+
+@pytest.mark.skipif(not COMMITTED.is_file(), reason="no committed report yet")
+def test_committed_report_is_about_the_shipped_model():
+    results = json.loads(COMMITTED.read_text())
+    shipped = REPO / "davss_ros" / "weights" / "davss_cpu.pt"
+    assert shipped.is_file()
+    info = report.shipped_info(shipped)
+    assert results["shipped"]["sha256"] == info["sha256"], \
+        "the shipped weights changed after the report was written"
+    assert re.search(r"\| davss \|", (REPO / "docs" / "RESULTS.md").read_text())

@@ -21,7 +21,8 @@ bench: setup
 	$(PY) -m davss_ros.cli bench
 
 # Train the shipped model and the ablations (what is missing), export the model into the
-# package and write docs/RESULTS.md and README's results block: about an hour on 2 cores.
+# package and write docs/RESULTS.md and the results blocks of README and the model card:
+# about two hours on 2 cores (docs/RESULTS.md has the times of the last run).
 results: setup
 	@bash scripts/results.sh
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make results: regenerate docs/RESULTS.md and the shipped model from nothing.
 # Each step skips what is already done (finished training stages, rendered data), so a
-# re-run after an interruption continues. On a 2-core CPU the whole run takes about an hour.
+# re-run after an interruption continues. On a 2-core CPU the whole run takes about two hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DAVSS=(.venv/bin/python -m davss_ros.cli)

@@ -521,3 +521,12 @@ def test_reuse_copies_matching_finished_stages_and_retrains_the_rest(tmp_path, d
         "constant"
     assert load_checkpoint(tmp_path / "base" / "final.pt").config.model.distortion_map == \
         "predicted"
+
+
+def test_inference_only_model_fields_leave_the_stage_fingerprints_alone(data_root):
+    base = load_train_config(tiny_config(data_root))
+    data = tiny_config(data_root)
+    data["model"] = {**data["model"], "distortion_map": "constant"}
+    other = load_train_config(data)
+    assert other.model.model.distortion_map == "constant"
+    assert [other.fingerprint(n) for n in range(4)] == [base.fingerprint(n) for n in range(4)]

@@ -32,6 +32,9 @@ DATASET_KINDS = ("synthetic", "cityscapes", "camvid")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("poly", "step_half", "constant")
 DGFL_NORMS = ("mean", "sum_m")
+# Model fields that change inference only (a run's stages do not depend on them), left
+# out of the stage fingerprints so that setting them does not retrain anything.
+INFERENCE_ONLY = ("distortion_map",)
 
 
 @dataclass
@@ -233,8 +236,11 @@ class TrainConfig:
         """A digest of everything stage ``n``'s result depends on (earlier stages included);
         fields that only change logging or snapshots are left out."""
         skip = ("log_every", "checkpoint_every", "val_images")
+        model = self.model.to_dict()["model"]
+        for name in INFERENCE_ONLY:  # training never reads them (stage 3 has its switches)
+            model.pop(name, None)
         data = {
-            "model": self.model.to_dict()["model"],
+            "model": model,
             "dataset": {k: v for k, v in _plain(dataclasses.asdict(self.dataset)).items()
                         if k not in ("cache",)},
             "seed": self.seed,

@@ -179,7 +179,7 @@ class Trainer:
                             f"retraining stage {n} and the stages after it")
                     existing, rerun = None, True
             if existing is not None and existing.meta.get("finished"):
-                ctx.log(f"stage {n} ({STAGE_NAMES[n]}): finished earlier "
+                ctx.log(f"stage {n} ({self._name(n)}): finished earlier "
                         f"({existing.meta.get('iteration')} iterations), skipped")
                 self.summary[str(n)] = existing.meta.get("summary", {})
                 pending = existing
@@ -227,6 +227,11 @@ class Trainer:
             self.ctx.log(f"stage {n}: reusing {src}")
         self.ctx.barrier()
 
+    def _name(self, n: int) -> str:
+        if n == 3 and not self.cfg.stage3.accel:
+            return "flow + CFNet (dual deep supervision)"
+        return STAGE_NAMES[n]
+
     def _paths(self, n: int) -> tuple[Path, Path]:
         return self.out / f"stage{n}.pt", self.out / f"stage{n}.state.pt"
 
@@ -240,12 +245,12 @@ class Trainer:
         elif n == 1 and net.flownet is None:
             skip = f"flow provider is {cfg.model.model.flow.provider!r}, no flow network"
         if skip is not None:
-            ctx.log(f"stage {n} ({STAGE_NAMES[n]}): skipped, {skip}")
+            ctx.log(f"stage {n} ({self._name(n)}): skipped, {skip}")
             self.summary[str(n)] = {"skipped": skip}
             self._save_stage(n, net, fp, iteration=0, finished=True,
                              summary=self.summary[str(n)])
             return
-        ctx.log(f"stage {n} ({STAGE_NAMES[n]}): {scfg.iterations} iterations, batch "
+        ctx.log(f"stage {n} ({self._name(n)}): {scfg.iterations} iterations, batch "
                 f"{scfg.batch_size}")
         seed_everything(stage_seed(cfg.seed, n, ctx.rank))
         module, dataset, groups = self._build(n, net)

@@ -62,6 +62,7 @@ class ReportSpec:
     split: str
     checkpoint: str
     train_config: str = ""
+    trained: str = ""  # the training run's final.pt that ``checkpoint`` was exported from
     ablations: list = field(default_factory=list)
     distances: list = field(default_factory=lambda: list(range(1, 10)))
     schedule: ScheduleSweep = field(default_factory=ScheduleSweep)
@@ -87,6 +88,7 @@ def load_spec(path: str | Path) -> ReportSpec:
             dataset_kind=str(ds["kind"]), dataset_root=str(ds["root"]),
             split=str(ds.get("split", "test")), checkpoint=str(model["checkpoint"]),
             train_config=str(model.get("train_config", "")),
+            trained=str(model.get("trained", "")),
             ablations=[Ablation(**a) for a in data.get("ablations") or []],
             distances=[int(d) for d in data.get("distances", range(1, 10))],
             schedule=ScheduleSweep(**(data.get("schedule") or {})),
@@ -213,7 +215,8 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
         "spec": spec.source, "machine": machine_info(),
         "dataset": {"kind": spec.dataset_kind, "root": spec.dataset_root,
                     "split": spec.split, "snippets": len(dataset)},
-        "checkpoint": spec.checkpoint, "distances": list(spec.distances),
+        "checkpoint": spec.checkpoint, "checkpoint_source": spec.trained or None,
+        "export": (ck.meta or {}).get("export"), "distances": list(spec.distances),
         "training": training_info(ck),
     }
     m = ck.config.model
@@ -438,7 +441,12 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
           f"- Checkpoint: `{results['checkpoint']}`"
           + (f"; shipped as `{results['shipped']['path']}` "
              f"({results['shipped']['bytes'] / 1e6:.1f} MB, sha256 "
-             f"{results['shipped']['sha256'][:12]})" if results.get("shipped") else "") + ".",
+             f"{results['shipped']['sha256'][:12]})" if results.get("shipped") else "")
+          + (f"; float16 copy of `{results['checkpoint_source'] or 'the trained model'}` by "
+             f"`davss export --half`, labels {results['export']['label_agreement']:.3f} % "
+             "the same as the float32 weights' on rendered frames"
+             if (results.get("export") or {}).get("label_agreement") is not None else "")
+          + ".",
           f"- Training: `davss train --config {tr['config_file']}`, seed {tr['seed']}; "
           f"data {tr['data']['clips']} clips of {tr['data']['frames']} frames at "
           f"{tr['data']['height']}x{tr['data']['width']} (render seed "
@@ -519,9 +527,21 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
             for r in sched.get("fixed", [])) + ".", ""]
         if "schedule" in rel:
             L += [f"![schedule]({rel['schedule']})", ""]
-    L += ["## Reproduce", "", "```",
-          "make results   # trains what is missing, then:",
-          command, "```", "",
+    L += ["## Reproduce", "",
+          "`make results` runs these (each training skips the stages already finished):", "",
+          "```"]
+    main_out = str(Path(results["checkpoint_source"]).parent) if results.get(
+        "checkpoint_source") else "out/train/cpu"
+    if tr.get("config_file"):
+        L.append(f"davss train --config {tr['config_file']} --out {main_out}")
+    for name, row in results["ablations"].items():
+        if row.get("train_config"):
+            L.append(f"davss train --config {row['train_config']} --out "
+                     f"{Path(row['checkpoint']).parent} --reuse {main_out}   # {name}")
+    if results.get("shipped"):
+        L.append(f"davss export --checkpoint {main_out}/final.pt --out "
+                 f"{results['shipped']['path']} --half")
+    L += [command, "```", "",
           "Raw numbers: `" + os.path.relpath(results.get("json_path", ""), doc_dir) + "`.",
           ""]
     return "\n".join(L)

@@ -69,6 +69,7 @@ class ReportSpec:
     bench_frames: int = 40
     bench_key_interval: int = 5
     shipped: str = ""
+    notes: list = field(default_factory=list)  # remarks for the setup section, as given
     source: str = ""
 
 
@@ -78,7 +79,8 @@ def load_spec(path: str | Path) -> ReportSpec:
     if not path.is_file():
         raise FileNotFoundError(f"report spec not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
-    known = {"dataset", "model", "ablations", "distances", "schedule", "bench", "shipped"}
+    known = {"dataset", "model", "ablations", "distances", "schedule", "bench", "shipped",
+             "notes"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}")
@@ -94,7 +96,8 @@ def load_spec(path: str | Path) -> ReportSpec:
             schedule=ScheduleSweep(**(data.get("schedule") or {})),
             bench_frames=int((data.get("bench") or {}).get("frames", 40)),
             bench_key_interval=int((data.get("bench") or {}).get("key_interval", 5)),
-            shipped=str(data.get("shipped", "")), source=str(path))
+            shipped=str(data.get("shipped", "")),
+            notes=[str(n) for n in data.get("notes") or []], source=str(path))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: missing or malformed field: {exc}") from exc
     if not spec.distances or min(spec.distances) < 1:
@@ -217,7 +220,7 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
                     "split": spec.split, "snippets": len(dataset)},
         "checkpoint": spec.checkpoint, "checkpoint_source": spec.trained or None,
         "export": (ck.meta or {}).get("export"), "distances": list(spec.distances),
-        "training": training_info(ck),
+        "training": training_info(ck), "notes": list(spec.notes),
     }
     m = ck.config.model
     out["model"] = {"backbone": m.segmenter.backbone, "flow": m.flow.provider,
@@ -459,7 +462,9 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
           + (f", GPU {mach['cuda']}" if mach.get("cuda") else ", no GPU") + ".",
           "- PDA protocol: for each snippet and d, the frame d before the annotated one is "
           "the key frame and the following frames are propagated one by one; one confusion "
-          "matrix per (mode, d) over the split.", ""]
+          "matrix per (mode, d) over the split."]
+    L += [f"- {note}" for note in results.get("notes", [])]
+    L += [""]
 
     L += ["## PDA: mIoU (%) against propagation distance", ""]
     L += _pda_table([(m, results["pda"][m]) for m in MAIN_MODES], dist)

@@ -18,8 +18,19 @@ STYLES = {
     "dff": {"color": "tab:blue", "linestyle": "-", "marker": "o"},
     "accel": {"color": "tab:green", "linestyle": "-", "marker": "^"},
     "davss": {"color": "tab:red", "linestyle": "-", "marker": "D"},
+    # davss report's extra rows: ablations dashed, ground-truth upper bounds dotted
+    "davss, without DDS": {"color": "tab:purple", "linestyle": "--", "marker": "v"},
+    "davss, without DGFL": {"color": "tab:orange", "linestyle": "--", "marker": "<"},
+    "davss, without DGFC": {"color": "tab:brown", "linestyle": "--", "marker": ">"},
+    "davss*": {"color": "tab:red", "linestyle": ":", "marker": None},
+    "accel*": {"color": "tab:green", "linestyle": ":", "marker": None},
+    # scheduling comparison
+    "fixed": {"color": "0.3", "linestyle": "-", "marker": "s"},
+    "adaptive": {"color": "tab:red", "linestyle": "-", "marker": "D"},
 }
-LABELS = {"per_frame": "Per-frame", "dff": "DFF", "accel": "Accel", "davss": "DAVSS"}
+LABELS = {"per_frame": "Per-frame", "dff": "DFF", "accel": "Accel", "davss": "DAVSS",
+          "davss*": "DAVSS* (ground-truth distortion)",
+          "accel*": "Accel* (ground-truth distortion)"}
 
 
 def plot_pda(result: dict, path: str | Path, *, title: str | None = None) -> Path:

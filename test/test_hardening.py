@@ -207,9 +207,10 @@ def test_every_unsupported_encoding_is_a_counted_error_and_the_node_keeps_runnin
     assert s.errors_by_kind["encoding"] - errors == n
     assert "unsupported input encoding" in s.last_error
     assert not probe.messages(f"{OUT}/labels")  # none of them produced an output
+    # ERROR while the bad frames are within the error window (see the non-finite test)
     status = _latest_status(probe, FQN, lambda st: f"encoding={errors + n}" in
-                            _values(st)["errors by kind"])
-    assert status.level == DiagnosticStatus.ERROR
+                            _values(st)["errors by kind"]
+                            and st.level == DiagnosticStatus.ERROR)
     assert int(_values(status)["frames rejected"]) >= n
     # Still running: the next good frame is segmented.
     (info,) = stream.send([image_msg(textured(), 3100.0)])
@@ -328,9 +329,10 @@ def test_nonfinite_model_output_flags_the_frame_and_forces_the_next_key(stream, 
     assert (labels_of(probe, msgs[1]) < node.segmenter.num_classes).all()
     assert not infos[2].is_key_frame
     assert node.stats.invalid - invalid == 1
+    # Within the error window, a status counts the invalid frame at level ERROR (a later
+    # one, once the window has passed on a slow machine, is back to its usual level).
     status = _latest_status(probe, FQN, lambda st: _values(st)["frames invalid"] ==
-                            str(invalid + 1))
-    assert status.level == DiagnosticStatus.ERROR
+                            str(invalid + 1) and st.level == DiagnosticStatus.ERROR)
     assert "nonfinite_output" in _values(status)["errors by kind"]
     stream.assert_accounted()
 

@@ -529,9 +529,11 @@ def test_bad_frames_are_skipped_with_an_error_and_the_node_keeps_running(active,
     assert len(infos) == 1
     assert not any(m.header.stamp.sec in (2000, 2001)
                    for m in probe.messages("/davss_segmenter/labels"))
+    # ERROR while the bad frames are within the error window; later statuses, once the
+    # window has passed on a slow machine, are back to the usual level
     status = _latest_status(probe, "/davss_segmenter",
-                            lambda s: _values(s)["errors"] == str(errors_before + 2))
-    assert status.level == DiagnosticStatus.ERROR
+                            lambda s: _values(s)["errors"] == str(errors_before + 2)
+                            and s.level == DiagnosticStatus.ERROR)
     assert "data has" in _values(status)["last error"]
     assert "yuv422" in status.message or "data has" in status.message
 

@@ -209,10 +209,9 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
 
     t_start = time.perf_counter()
     ck = load_checkpoint(spec.checkpoint)
-    dataset = open_dataset(spec.dataset_kind, Path(spec.dataset_root), spec.split,
-                           max_distance=max(spec.distances))
-    if limit is not None:
-        dataset = _Limited(dataset, limit)
+    split = open_dataset(spec.dataset_kind, Path(spec.dataset_root), spec.split,
+                         max_distance=max(spec.distances))
+    dataset = split if limit is None else _Limited(split, limit)
     out: dict[str, Any] = {
         "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "spec": spec.source, "machine": machine_info(),
@@ -261,7 +260,7 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
     sw = spec.schedule
     clips = sw.clips if limit is None else min(sw.clips, limit)
     log(f"report: fixed against adaptive key frames on {clips} whole clips")
-    out["schedule"] = _schedule(ck, dataset, sw, clips, table, device, progress)
+    out["schedule"] = _schedule(ck, split, sw, clips, table, device, progress)
 
     if spec.shipped and Path(spec.shipped).is_file():
         out["shipped"] = shipped_info(spec.shipped)
@@ -286,8 +285,7 @@ def _schedule(ck, dataset, sw: ScheduleSweep, clips: int, table: dict, device,
     seg = build_segmenter(ck, mode="davss", device=device)
     try:
         base = replace(seg.config.schedule, max_interval=int(sw.max_interval))
-        sweep = sweep_schedules(seg, iter_clips(getattr(dataset, "dataset", dataset),
-                                                clips=clips),
+        sweep = sweep_schedules(seg, iter_clips(dataset, clips=clips),
                                 intervals=sw.fixed_intervals,
                                 thresholds=sw.adaptive_thresholds, base=base,
                                 progress=progress)

@@ -71,13 +71,8 @@ def test_davss_output_follows_the_fusion_equation():
     prev_x, prop = seg._prev_x, seg._prop_logits
     cur = shifted(base, 4)
     r = seg.step(cur)
-    x = seg._to_tensor(cur)
-    with torch.no_grad():
-        flow = seg.flow(x, prev_x)
-        warped = warp(prop, flow)
-        m = seg.net.dmnet(warp(torch.nn.functional.avg_pool2d(prev_x, 4), flow),
-                          torch.nn.functional.avg_pool2d(x, 4))
-        expected = warped * (1 - m) + seg.net.cfnet(x) * m
+    warped, cue, m = _fusion_inputs(seg, prev_x, prop, cur)
+    expected = warped * (1 - m) + cue * m
     # the raw warped logits are what gets propagated (the authors' choice)
     torch.testing.assert_close(seg._prop_logits, warped)
     up = torch.nn.functional.interpolate(expected, size=(H, W), mode="bilinear")

@@ -5,6 +5,10 @@ segments the same rendered driving clip with a fixed key interval; the medians o
 key-frame and non-key-frame latencies give the mean cost per frame at propagation
 distance D as (key + D * nonkey) / (D + 1), the paper's Eq. 8 with measured times.
 Speed claims are these ratios, taken in one run, not absolute numbers.
+
+``--key-segmenter FILE`` (ONNX or TorchScript, repeatable) times each mode once more with
+that file segmenting the key frames, in the same run on the same frames, so onnxruntime
+and torch eager compare directly (the ``key`` column says which ran).
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import argparse
 import json
 import platform
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="256x512,512x1024",
                         help="comma-separated HxW network input sizes (default: %(default)s)")
     parser.add_argument("--modes", default=",".join(MODES), help="default: %(default)s")
+    parser.add_argument("--key-segmenter", action="append", default=[], type=Path,
+                        metavar="FILE", help="also time with this ONNX / TorchScript key "
+                        "segmenter (repeatable; its declared input size must be each --sizes)")
     parser.add_argument("--flow", default=None, choices=("dis", "learned"),
                         help="flow provider (default: the config's)")
     parser.add_argument("--frames", type=int, default=30, help="frames timed per mode and size")
@@ -56,12 +62,11 @@ def bench_frames(height: int, width: int, count: int, seed: int = 0) -> np.ndarr
 
 
 def time_mode(frames: np.ndarray, *, config, mode: str, checkpoint=None, device="auto",
-              key_interval: int = 5, flow: str | None = None) -> dict:
-    cfg = replace(config, model=replace(
-        config.model, mode=mode, input_height=frames.shape[1], input_width=frames.shape[2],
-        flow=replace(config.model.flow, provider=flow or config.model.flow.provider)),
-        schedule=ScheduleConfig(policy="fixed", key_interval=key_interval))
-    seg = VideoSegmenter(cfg, checkpoint=checkpoint, device=device)
+              key_interval: int = 5, flow: str | None = None, key_segmenter=None) -> dict:
+    seg = VideoSegmenter.from_checkpoint(
+        checkpoint, preset=config, mode=mode, input_size=frames.shape[1:3], flow=flow,
+        schedule=ScheduleConfig(policy="fixed", key_interval=key_interval),
+        key_segmenter=key_segmenter, device=device)
     seg.warmup()
     key, nonkey, stages = [], [], {}
     for rgb in frames:
@@ -72,9 +77,11 @@ def time_mode(frames: np.ndarray, *, config, mode: str, checkpoint=None, device=
             stages.setdefault(kind, {}).setdefault(name, []).append(ms)
     key_ms = statistics.median(key)
     nonkey_ms = statistics.median(nonkey) if nonkey else key_ms
+    seg_kind = seg.key_segmenter.kind
     seg.close()
     return {
         "height": int(frames.shape[1]), "width": int(frames.shape[2]), "mode": mode,
+        "key": seg_kind,
         "flow": "-" if mode == "per_frame" else seg.config.model.flow.provider,
         "key_ms": round(key_ms, 3), "nonkey_ms": round(nonkey_ms, 3),
         "nonkey_over_key": round(nonkey_ms / key_ms, 4),
@@ -105,28 +112,41 @@ def run(args: argparse.Namespace) -> int:
     print(f"davss bench: {torch.get_num_threads()} torch threads, device {args.device}, "
           f"{args.frames} frames per mode, key interval {args.key_interval}, "
           f"{'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'untrained weights'}")
-    header = (f"{'size':>9} {'mode':>9} {'flow':>7} {'key_ms':>8} {'nonkey':>8} {'ratio':>6} "
+    header = (f"{'size':>9} {'mode':>9} {'key':>11} {'flow':>7} {'key_ms':>8} {'nonkey':>8} "
+              f"{'ratio':>6} "
               + " ".join(f"{'D=' + str(d):>6}" for d in DISTANCES))
     print(header)
     for h, w in sizes:
         frames = bench_frames(h, w, args.frames, args.seed)
         per_frame_ms = None
-        for mode in modes:
-            r = time_mode(frames, config=config, mode=mode, checkpoint=args.checkpoint,
-                          device=args.device, key_interval=args.key_interval, flow=args.flow)
-            if mode == "per_frame":
-                per_frame_ms = r["key_ms"]
-            if per_frame_ms:
-                r["mean_over_per_frame"] = {d: round(v / per_frame_ms, 4)
-                                            for d, v in r["mean_ms"].items()}
-            results.append(r)
-            print(f"{h:>4}x{w:<4} {mode:>9} {r['flow']:>7} {r['key_ms']:8.1f} "
-                  f"{r['nonkey_ms']:8.1f} {r['nonkey_over_key']:6.2f} "
-                  + " ".join(f"{r['mean_ms'][str(d)]:6.1f}" for d in DISTANCES))
+        for key_file in [None, *args.key_segmenter]:
+            for mode in modes:
+                r = time_mode(frames, config=config, mode=mode, checkpoint=args.checkpoint,
+                              device=args.device, key_interval=args.key_interval,
+                              flow=args.flow, key_segmenter=key_file)
+                if mode == "per_frame" and key_file is None:
+                    per_frame_ms = r["key_ms"]  # the reference: torch eager, every frame
+                if per_frame_ms:
+                    r["mean_over_per_frame"] = {d: round(v / per_frame_ms, 4)
+                                                for d, v in r["mean_ms"].items()}
+                results.append(r)
+                print(f"{h:>4}x{w:<4} {mode:>9} {r['key']:>11} {r['flow']:>7} "
+                      f"{r['key_ms']:8.1f} {r['nonkey_ms']:8.1f} {r['nonkey_over_key']:6.2f} "
+                      + " ".join(f"{r['mean_ms'][str(d)]:6.1f}" for d in DISTANCES))
+        eager = {r["mode"]: r["key_ms"] for r in results
+                 if r["key"] == "native" and (r["height"], r["width"]) == (h, w)}
+        for r in results:
+            if (r["height"], r["width"]) == (h, w) and r["key"] != "native" \
+                    and r["mode"] in eager:
+                r["key_over_native"] = round(r["key_ms"] / eager[r["mode"]], 4)
     for r in results:
         if r["mode"] != "per_frame" and "mean_over_per_frame" in r:
-            print(f"{r['height']}x{r['width']} {r['mode']}: non-key/key {r['nonkey_over_key']:.2f}"
-                  f", mean at D=5 / per_frame {r['mean_over_per_frame']['5']:.2f}")
+            print(f"{r['height']}x{r['width']} {r['mode']} ({r['key']} key): non-key/key "
+                  f"{r['nonkey_over_key']:.2f}, mean at D=5 / per_frame (native) "
+                  f"{r['mean_over_per_frame']['5']:.2f}")
+        if "key_over_native" in r:
+            print(f"{r['height']}x{r['width']} {r['mode']}: {r['key']} key frame / native "
+                  f"(torch eager) {r['key_over_native']:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"machine": {"cpu": platform.processor() or platform.machine(),

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from davss_ros.model.step import MODE_TABLE, mode_spec
+
 if TYPE_CHECKING:
     from davss_ros.config import DavssConfig
 
@@ -277,7 +279,7 @@ def _check_sizes(**sizes: int) -> None:
 
 # -- the paper's Table II for a configuration, and the `davss flops` subcommand -----------
 
-FRAME_MODES = ("per_frame", "dff", "accel", "davss")
+FRAME_MODES = tuple(MODE_TABLE)
 DISTANCES = tuple(range(1, 10))
 
 
@@ -305,6 +307,21 @@ def network_reports(cfg: DavssConfig, *, transposed: str = "input") -> dict[str,
     reports["accel_cfnet"] = count(net.accel_cfnet, image)
     reports["accel_fusion"] = count(net.accel_fusion, logits, logits)
     return reports
+
+
+def non_key_cost(mode: str, modules: dict[str, float]) -> float:
+    """GFLOPs of a non-key frame of ``mode``: the networks its row of the mode table runs
+    (``davss_ros.model.step.MODE_TABLE``) on top of flow, the logits' warp and the x4
+    upsampling; a mode without propagation costs a key frame."""
+    spec = mode_spec(mode)
+    if not spec.propagates:
+        return modules["segmenter"] + modules["upsample"]
+    cost = modules["flownet"] + modules["warp_logits"] + modules["upsample"]
+    if spec.distortion:
+        cost += modules["warp_image"] + modules["dmnet"]
+    if spec.cue is not None:
+        cost += modules[spec.cue] + modules[spec.fusion]
+    return cost
 
 
 def frame_cost_table(cfg: DavssConfig, reports: dict[str, FlopsReport] | None = None, *,
@@ -342,14 +359,7 @@ def frame_cost_table(cfg: DavssConfig, reports: dict[str, FlopsReport] | None = 
         "upsample": upsample_flops(c, m.input_height, m.input_width) / GIGA,
     }
     key = modules["segmenter"] + modules["upsample"]
-    flow_warp = modules["flownet"] + modules["warp_logits"] + modules["upsample"]
-    non_key = {
-        "per_frame": key,
-        "dff": flow_warp,
-        "accel": flow_warp + modules["accel_cfnet"] + modules["accel_fusion"],
-        "davss": flow_warp + modules["warp_image"] + modules["dmnet"] + modules["cfnet"]
-        + modules["fusion"],
-    }
+    non_key = {mode: non_key_cost(mode, modules) for mode in FRAME_MODES}
     return {
         "units": "GFLOPs",
         "input_height": m.input_height,

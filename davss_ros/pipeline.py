@@ -3,21 +3,18 @@
 The same object serves the ROS node, the bag replayer, the evaluator and the benchmark::
 
     from davss_ros.pipeline import VideoSegmenter
-    seg = VideoSegmenter(checkpoint="model.pt")          # or VideoSegmenter() for the default
+    seg = VideoSegmenter.from_checkpoint("model.pt")     # + keyword-only runtime overrides
     for rgb in frames:                                   # HxWx3 uint8 RGB, any size
         result = seg.step(rgb)
         result.labels                                    # HxW uint8 class ids, 255 = ignore
 
-Per frame (paper Sec. III, and ../shared/notes/method.md):
-
-- key frame: DeepLabv3+ logits at 1/4 resolution; they and the 1/4-resolution key image
-  become the propagated state;
-- other frames: flow (current -> previous, at 1/4) warps the propagated logits and image one
-  step; DMNet compares warped image and current frame into the distortion map M; CFNet gives
-  correction cues f_CC; output f_P * (1 - M) + f_CC * M (``davss``), or the warped logits
-  alone (``dff``), or an Accel-style learned fusion with its own light branch (``accel``).
-  The raw warped logits are propagated (as the authors do) unless ``propagate_corrected``.
-  A model trained without DGFC (``distortion_map: constant``) fuses with M = 0.5 instead.
+Per frame (paper Sec. III, and ../shared/notes/method.md): a key frame goes through the key
+segmenter (the checkpoint's DeepLabv3+, or any :mod:`davss_ros.segmenters` kind: a
+TorchScript or ONNX file); its logits at 1/4 resolution and the 1/4 key image become the
+propagated state. Other frames run :class:`davss_ros.model.step.NonKeyStep` for the mode
+(flow, warps, DMNet, the current-frame branch and fusion, as ``MODE_TABLE`` says). Here
+live the scheduling, the state, the timings, and the numpy side: resizing the camera image
+to the network input (:mod:`davss_ros.resize`) and the labels back.
 """
 
 from __future__ import annotations
@@ -30,32 +27,22 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights
+from .checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint, load_weights
 from .classes import IGNORE_ID, default_class_names, default_palette
-from .config import DavssConfig, ModelConfig, ScheduleConfig, load_config
-from .model import build_davss_net, build_flow, fold_batchnorm, warp
-from .model.fusion import fusion_map
+from .config import DavssConfig, ScheduleConfig, load_config
+from .model import build_davss_net, build_flow, fold_batchnorm
+from .model.step import FrameParts, PropagationState, mode_spec
+from .resize import RESIZE_POLICIES, Framing
 from .schedule import KeyFrameScheduler, photometric_error
+from .segmenters import KeySegmenter, KeySegmenterError, NativeSegmenter, SegmenterInfo
 
 STAGES = ("flow", "warp", "dmnet", "cfnet", "fuse", "segmenter", "total")
 # Smallest image side ``step`` accepts (the 1/4-resolution state needs at least one pixel).
 MIN_IMAGE_SIZE = 4
+DEFAULT_RESIZE = "letterbox"
 
-
-@dataclass(frozen=True)
-class FrameParts:
-    """The logits a non-key frame's output was made from, at network 1/4 resolution
-    (1 x C x h x w tensors on the pipeline's device); ``VideoSegmenter.labels_from_logits``
-    turns any of them into labels exactly as the pipeline does its output.
-
-    Only kept when ``VideoSegmenter.keep_parts`` is set (the oracle evaluations need them).
-    """
-
-    propagated: torch.Tensor  # f_P: the key logits warped to this frame
-    cue: torch.Tensor | None  # current-frame logits: CFNet's f_CC (davss), Accel's branch
-    fused: torch.Tensor  # the output logits: f_C (davss), Accel's fusion, f_P (dff)
+__all__ = ["FrameParts", "FrameResult", "VideoSegmenter", "resolve_device"]
 
 
 @dataclass
@@ -73,11 +60,13 @@ class FrameResult:
     valid: bool = True  # False when the network produced NaN/Inf (labels are all ignore)
     distortion_small: np.ndarray | None = field(default=None, repr=False)  # 1/4 network res
     parts: FrameParts | None = field(default=None, repr=False)  # non-key, with keep_parts
+    framing: Framing | None = field(default=None, repr=False)
     _distortion: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def distortion(self) -> np.ndarray:
-        """Distortion map M at the input resolution (float32 in [0, 1]; zeros on key frames).
+        """Distortion map M at the input resolution (float32 in [0, 1]; zeros on key frames,
+        1 where a crop left input pixels unseen).
 
         Computed on first access only, so callers that never look pay nothing.
         """
@@ -85,14 +74,18 @@ class FrameResult:
             h, w = self.labels.shape
             if self.distortion_small is None:
                 self._distortion = np.zeros((h, w), np.float32)
-            else:
+            elif self.framing is None:
                 self._distortion = np.clip(cv2.resize(
                     self.distortion_small, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+            else:
+                nh, nw = self.framing.network_size
+                net = cv2.resize(self.distortion_small, (nw, nh), interpolation=cv2.INTER_LINEAR)
+                self._distortion = np.clip(self.framing.to_image(net, 1.0), 0.0, 1.0)
         return self._distortion
 
 
-# Fields of ModelConfig a caller may change on a checkpoint's model: they do not change the
-# networks' weights. Everything else (backbone, widths, classes) comes from the checkpoint.
+# What a caller may change on a checkpoint's configuration: it does not change the networks'
+# weights. Everything else (backbone, widths, classes, the fusion map) is the checkpoint's.
 RUNTIME_MODEL_FIELDS = ("mode", "propagate_corrected", "input_height", "input_width")
 RUNTIME_FLOW_FIELDS = ("provider", "dis_preset")
 
@@ -113,41 +106,57 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 class VideoSegmenter:
     """Distortion-aware video semantic segmentation of a frame stream (and its baselines).
 
+    Build one with :meth:`from_checkpoint` (a checkpoint plus keyword-only runtime
+    overrides); the constructor is the low-level form.
+
     Args:
-        config: a DavssConfig, a dict, a preset name or a YAML path; None = default preset
-            (or, with a checkpoint, the checkpoint's own configuration).
-        checkpoint: path of a davss_ros checkpoint. Its configuration builds the networks;
-            a ``config`` given as well only changes runtime fields (mode, input size, flow
-            provider and preset, schedule). None = untrained weights (tests, benchmarks).
+        config: None (the checkpoint's configuration, or the default preset without one), a
+            DavssConfig, a dict, a YAML path or, without a checkpoint, a preset name. With a
+            checkpoint, a dict or YAML changes only the fields it names, and only runtime
+            ones (mode, input size, flow provider and preset, propagate_corrected, schedule);
+            a DavssConfig is a complete configuration whose runtime fields are all taken.
+        checkpoint: path of a davss_ros checkpoint, or a loaded one. Its configuration builds
+            the networks. None = untrained weights (tests, benchmarks).
         device: 'auto' (CUDA when present), 'cpu' or 'cuda:N'.
+        key_segmenter: the network for key frames: a :class:`KeySegmenter` or a path to a
+            TorchScript / ONNX file with its declaration (see ``davss_ros.segmenters``).
+            None = the checkpoint's own DeepLabv3+, or the file the checkpoint references.
+            Its class count must be the checkpoint's; a fixed input size it declares becomes
+            the network input size unless the configuration names another (an error).
+        resize: how images of another aspect ratio reach the network input: ``letterbox``
+            (default), ``stretch`` or ``crop`` (see ``davss_ros.resize``).
         max_stamp_gap: seconds; a stamp jumping forward by more than this between two
             consecutive frames (a camera pause, frames lost, a bag skipping ahead) clears the
             propagated state and forces a key frame ('stamp_jump'). None or 0 = never.
         keep_parts: give every non-key FrameResult its ``parts`` (propagated logits, cue,
-            fused logits). Off by default: it keeps tensors alive that are otherwise freed.
-            An attribute of the same name, which may be changed between steps.
+            fused logits, distortion map). Off by default: it keeps tensors alive that are
+            otherwise freed. An attribute of the same name, which may be changed between
+            steps.
     """
 
     def __init__(self, config: DavssConfig | dict | str | Path | None = None,
                  checkpoint: str | Path | Checkpoint | None = None,
                  device: str | torch.device = "auto", *,
+                 key_segmenter: KeySegmenter | str | Path | None = None,
+                 resize: str = DEFAULT_RESIZE,
                  max_stamp_gap: float | None = None, keep_parts: bool = False) -> None:
-        user_cfg = config if isinstance(config, DavssConfig) else (
-            load_config(config) if config is not None else None)
+        if resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got "
+                             f"{resize!r}")
+        self.device = resolve_device(device)
         self.checkpoint: Checkpoint | None = None
         if checkpoint is not None:
-            ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-            self.checkpoint = ck
-            cfg = _with_runtime_fields(ck.config, user_cfg) if user_cfg else ck.config
-            self.class_names, self.palette = list(ck.class_names), list(ck.palette)
-        else:
-            cfg = user_cfg or load_config(None)
-            n = cfg.model.num_classes
-            self.class_names, self.palette = default_class_names(n), default_palette(n)
+            self.checkpoint = (checkpoint if isinstance(checkpoint, Checkpoint)
+                               else load_checkpoint(checkpoint))
+        explicit_size = _names_input_size(config)
+        cfg = _resolve_config(config, self.checkpoint)
+        key = _load_key_segmenter(key_segmenter, self.checkpoint, self.device)
+        if key is not None:
+            cfg = _fit_to_key_segmenter(cfg, key, self.checkpoint, explicit_size)
         cfg.validate()
         self.config = cfg
-        self.device = resolve_device(device)
         self.ignore_id = IGNORE_ID
+        self.resize = resize
         self.max_stamp_gap = max_stamp_gap
         self.keep_parts = keep_parts
         # The networks are built as the checkpoint was trained (with or without a flow
@@ -165,10 +174,68 @@ class VideoSegmenter:
         self.net.to(self.device).eval()
         # Inference only: BatchNorm folded into the preceding convs (same outputs, faster).
         fold_batchnorm(self.net)
+        if key is None:
+            names, palette = ((self.checkpoint.class_names, self.checkpoint.palette)
+                              if self.checkpoint is not None else
+                              (default_class_names(cfg.model.num_classes),
+                               default_palette(cfg.model.num_classes)))
+            key = NativeSegmenter(self.net.segmenter, SegmenterInfo(
+                class_names=tuple(names), palette=tuple(tuple(c) for c in palette)))
+        self.key_segmenter: KeySegmenter = key.to(self.device)
+        self.key_segmenter.check_input_size(cfg.model.input_height, cfg.model.input_width)
+        self.class_names = list(key.info.class_names)
+        self.palette = [tuple(c) for c in key.info.palette]
         self.flow = build_flow(cfg.model.flow, flownet=self.net.flownet)
+        self._non_key = self.net.non_key_step(self.flow)
         self.scheduler = KeyFrameScheduler(cfg.schedule)
+        self._framing: Framing | None = None
         self._frame_index = 0
         self._clear_state()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint | None, *,
+                        mode: str | None = None,
+                        input_size: tuple[int, int] | None = None,
+                        flow: str | None = None, dis_preset: str | None = None,
+                        propagate_corrected: bool | None = None,
+                        schedule: ScheduleConfig | dict | None = None,
+                        key_segmenter: KeySegmenter | str | Path | None = None,
+                        resize: str = DEFAULT_RESIZE, device: str | torch.device = "auto",
+                        preset: str | DavssConfig = "cpu",
+                        max_stamp_gap: float | None = None,
+                        keep_parts: bool = False) -> VideoSegmenter:
+        """The one way to build a segmenter: a checkpoint plus runtime overrides.
+
+        Each override changes only what it names; None keeps the checkpoint's value.
+        ``checkpoint`` None = untrained weights of ``preset`` (a preset name or a
+        DavssConfig). ``input_size`` is (height, width) of the network input; ``flow``
+        the provider (``dis`` / ``learned``); ``schedule`` a ScheduleConfig, or a dict of the
+        fields to change.
+        """
+        over: dict[str, Any] = {}
+        model: dict[str, Any] = {}
+        if mode is not None:
+            model["mode"] = mode
+        if input_size is not None:
+            model["input_height"], model["input_width"] = int(input_size[0]), int(input_size[1])
+        if propagate_corrected is not None:
+            model["propagate_corrected"] = bool(propagate_corrected)
+        flow_over = {k: v for k, v in (("provider", flow), ("dis_preset", dis_preset))
+                     if v is not None}
+        if flow_over:
+            model["flow"] = flow_over
+        if model:
+            over["model"] = model
+        if schedule is not None:
+            over["schedule"] = (schedule.__dict__ if isinstance(schedule, ScheduleConfig)
+                                else dict(schedule))
+        if checkpoint is None:
+            base = preset if isinstance(preset, DavssConfig) else load_config(preset)
+            config: Any = DavssConfig.from_dict(_merge_dicts(base.to_dict(), over))
+        else:
+            config = over or None
+        return cls(config, checkpoint, device, key_segmenter=key_segmenter, resize=resize,
+                   max_stamp_gap=max_stamp_gap, keep_parts=keep_parts)
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -178,6 +245,25 @@ class VideoSegmenter:
     @property
     def mode(self) -> str:
         return self.config.model.mode
+
+    @property
+    def state(self) -> PropagationState | None:
+        """What is propagated to the next frame (last frame, propagated logits and key
+        image at 1/4); None before the first frame and after a reset."""
+        return self._state
+
+    @property
+    def network_size(self) -> tuple[int, int]:
+        """(height, width) of the network input."""
+        return self.config.model.input_height, self.config.model.input_width
+
+    def framing(self, image_size: tuple[int, int]) -> Framing:
+        """How an image of ``image_size`` (H, W) is placed in the network input."""
+        size = (int(image_size[0]), int(image_size[1]))
+        f = self._framing
+        if f is None or f.image_size != size:
+            f = self._framing = Framing.of(self.resize, size, self.network_size)
+        return f
 
     def set_schedule(self, schedule: ScheduleConfig) -> None:
         """Change key-frame scheduling while running (keeps the propagated state)."""
@@ -198,8 +284,7 @@ class VideoSegmenter:
 
     def warmup(self) -> None:
         """Run one key and one non-key frame on a blank image, then reset."""
-        m = self.config.model
-        blank = np.zeros((m.input_height, m.input_width, 3), np.uint8)
+        blank = np.zeros(self.network_size + (3,), np.uint8)
         saved = self.config.schedule
         self.set_schedule(replace(saved, policy="fixed", key_interval=2))
         self.step(blank)
@@ -214,6 +299,8 @@ class VideoSegmenter:
         self._clear_state()
         self.net = None
         self.flow = None
+        self._non_key = None
+        self.key_segmenter = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -222,7 +309,8 @@ class VideoSegmenter:
         """Segment the next frame of the stream.
 
         Args:
-            image: HxWx3 uint8 RGB, any size (resized to the network input and back).
+            image: HxWx3 uint8 RGB, any size (placed in the network input by the resize
+                policy, the outputs mapped back to its pixels).
             stamp: the frame's time in seconds; a stamp going backwards (a looped bag)
                 clears the propagated state and forces a key frame ('stamp_backwards'), as
                 does one jumping forward by more than ``max_stamp_gap`` ('stamp_jump').
@@ -241,63 +329,47 @@ class VideoSegmenter:
                 self.scheduler.request_key("stamp_jump")
         self._last_stamp = stamp
 
-        x = self._to_tensor(image)
-        x_small = F.avg_pool2d(x, 4)  # the key image lives at 1/4 resolution, like the logits
+        def timer(name: str) -> _Stage:
+            return _Stage(timings, name, self.device)
+
+        framing = self.framing(image.shape[:2])
+        x = self._to_tensor(framing.to_network(image))
         mode = self.config.model.mode
+        spec = mode_spec(mode)
         reason = self.scheduler.pre_decision(image.shape)
-        if reason is None and mode == "per_frame":
+        if reason is None and not spec.propagates:
             reason = "per_frame_mode"
         m = None
         m_mean = m_ratio = 0.0
         perr = None
         parts = None
         if reason is None:
-            with _Stage(timings, "flow", self.device):
-                flow = self.flow(x, self._prev_x)
-            with _Stage(timings, "warp", self.device):
-                warped_image = warp(self._prop_image, flow)
-            perr = photometric_error(warped_image, x_small)
-            if mode == "davss" or self.config.schedule.policy == "adaptive":
-                with _Stage(timings, "dmnet", self.device):
-                    m = self.net.dmnet(warped_image, x_small)
-                    m_mean = float(m.mean())
-                    m_ratio = float((m > 0.5).float().mean())
+            adaptive = self.config.schedule.policy == "adaptive"
+            estimate = self._non_key.estimate(self._state, x,
+                                              distortion=spec.distortion or adaptive,
+                                              timer=timer)
+            perr = photometric_error(estimate.warped_image, estimate.current_image)
+            m = estimate.distortion_map
+            if m is not None:
+                m_mean = float(m.mean())
+                m_ratio = float((m > 0.5).float().mean())
             reason = self.scheduler.post_decision(
                 distortion_mean=m_mean, distortion_ratio=m_ratio, photometric_error=perr)
 
         if reason is not None:
-            with _Stage(timings, "segmenter", self.device):
-                logits = self.net.segmenter(x)
-            self._prop_logits, self._prop_image = logits, x_small
-            out, m, m_mean, m_ratio = logits, None, 0.0, 0.0
+            with timer("segmenter"):
+                out = self.key_segmenter(x)
+            self._state = PropagationState.from_key(x, out)
+            m, m_mean, m_ratio = None, 0.0, 0.0
         else:
-            with _Stage(timings, "warp", self.device):
-                warped = warp(self._prop_logits, flow)
-            cue = None
-            if mode == "davss":
-                with _Stage(timings, "cfnet", self.device):
-                    cue = self.net.cfnet(x)
-                with _Stage(timings, "fuse", self.device):
-                    # m itself stays DMNet's map (distortion output, adaptive schedule)
-                    weight = fusion_map(m, self.config.model.distortion_map)
-                    out = warped * (1.0 - weight) + cue * weight
-            elif mode == "accel":
-                with _Stage(timings, "cfnet", self.device):
-                    cue = self.net.accel_cfnet(x)
-                with _Stage(timings, "fuse", self.device):
-                    out = self.net.accel_fusion(warped, cue)
-            else:  # dff
-                out = warped
-            if self.keep_parts:
-                parts = FrameParts(propagated=warped, cue=cue, fused=out)
-            self._prop_logits = out if self.config.model.propagate_corrected else warped
-            self._prop_image = warped_image
-        self._prev_x = x
+            parts = self._non_key.complete(self._state, estimate, x, mode, timer=timer)
+            out = parts.fused
+            self._state = parts.next_state(x, corrected=self.config.model.propagate_corrected)
         is_key = reason is not None
         self.scheduler.commit(is_key=is_key, photometric_error=perr)
 
-        with _Stage(timings, "fuse", self.device):
-            labels, valid = self._labels(out, image.shape[:2])
+        with timer("fuse"):
+            labels, valid = self._labels(out, framing)
         if not valid:
             # A non-finite network output poisons everything propagated from it.
             self._clear_state()
@@ -309,54 +381,49 @@ class VideoSegmenter:
             key_reason=reason or "", distortion_mean=m_mean, distortion_ratio=m_ratio,
             timings_ms=timings, frame_index=self._frame_index, valid=valid,
             distortion_small=None if m is None else m[0, 0].float().cpu().numpy(),
-            parts=parts)
+            parts=parts if self.keep_parts else None, framing=framing)
         self._frame_index += 1
         return result
 
     @torch.inference_mode()
     def labels_from_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """1 x C x h x w logits (e.g. a ``FrameParts`` tensor) -> H x W uint8 labels at
-        ``size`` = (H, W), the way ``step`` makes its output: bilinear (half-pixel centres,
-        ``align_corners=False``) to the network input, argmax, nearest neighbour to ``size``.
-        All ignore (255) when the logits are not finite."""
-        return self._labels(logits, (int(size[0]), int(size[1])))[0]
+        ``size`` = (H, W), the way ``step`` makes its output for an image of that size:
+        bilinear (half-pixel centres, ``align_corners=False``) to the network input, argmax,
+        then back to the image's pixels by the resize policy. All ignore (255) when the
+        logits are not finite."""
+        return self._labels(logits, self.framing(size))[0]
 
     # -- internals -----------------------------------------------------------------------
     def _clear_state(self) -> None:
-        self._prev_x: torch.Tensor | None = None
-        self._prop_logits: torch.Tensor | None = None
-        self._prop_image: torch.Tensor | None = None
+        self._state: PropagationState | None = None
         self._last_stamp: float | None = None
 
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
-        m = self.config.model
-        if image.shape[0] != m.input_height or image.shape[1] != m.input_width:
-            image = cv2.resize(image, (m.input_width, m.input_height),
-                               interpolation=cv2.INTER_AREA)
         t = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
         return t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
-    def _labels(self, logits: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    def _labels(self, logits: torch.Tensor, framing: Framing) -> tuple[np.ndarray, bool]:
         if not bool(torch.isfinite(logits).all()):
-            return np.full(size, IGNORE_ID, np.uint8), False
-        m = self.config.model
+            return np.full(framing.image_size, IGNORE_ID, np.uint8), False
+        nh, nw = self.network_size
         # Logits are bilinearly upsampled x4 to the network input, as in the paper; the
-        # argmax then goes to the caller's size by nearest neighbour (cheap and exact for
+        # argmax then goes to the image's pixels by nearest neighbour (cheap and exact for
         # labels, where upsampling logits to e.g. 1280x720 would cost more than the net).
         if logits.device.type == "cpu":
             # OpenCV's bilinear resize (same half-pixel convention as align_corners=False)
             # of the H x W x C logits is several times faster than torch's NCHW upsampling
             # on a CPU, and the argmax over the then contiguous channels is too.
             hwc = logits[0].permute(1, 2, 0).contiguous().numpy()
-            up = cv2.resize(hwc, (m.input_width, m.input_height), interpolation=cv2.INTER_LINEAR)
+            up = cv2.resize(hwc, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            if up.ndim == 2:  # OpenCV drops a single channel
+                up = up[..., None]
             labels = torch.from_numpy(up).argmax(-1).to(torch.uint8).numpy()
         else:
-            up = F.interpolate(logits, size=(m.input_height, m.input_width), mode="bilinear",
-                               align_corners=False)
+            up = torch.nn.functional.interpolate(logits, size=(nh, nw), mode="bilinear",
+                                                 align_corners=False)
             labels = up.argmax(1)[0].to(torch.uint8).cpu().numpy()
-        if labels.shape != size:
-            labels = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-        return labels, True
+        return framing.to_image(labels, IGNORE_ID), True
 
 
 class _Stage:
@@ -388,11 +455,107 @@ def _check_image(image: Any) -> None:
                          f"at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
 
 
-def _with_runtime_fields(base: DavssConfig, user: DavssConfig) -> DavssConfig:
-    """The checkpoint's architecture with the caller's runtime choices."""
-    model: ModelConfig = replace(
-        base.model,
-        **{k: getattr(user.model, k) for k in RUNTIME_MODEL_FIELDS},
-        flow=replace(base.model.flow,
-                     **{k: getattr(user.model.flow, k) for k in RUNTIME_FLOW_FIELDS}))
-    return DavssConfig(model=model, schedule=user.schedule)
+def _merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(
+            out.get(k), dict) else v
+    return out
+
+
+def _names_input_size(config: Any) -> bool:
+    """Whether a caller's configuration names the network input size."""
+    if isinstance(config, DavssConfig):
+        return True
+    if isinstance(config, dict):
+        model = config.get("model") or {}
+        return "input_height" in model or "input_width" in model
+    return False
+
+
+def _resolve_config(config: DavssConfig | dict | str | Path | None,
+                    checkpoint: Checkpoint | None) -> DavssConfig:
+    """The runtime configuration: the checkpoint's (or a preset's) with the caller's
+    runtime changes (see VideoSegmenter)."""
+    if checkpoint is None:
+        if isinstance(config, DavssConfig):
+            return DavssConfig.from_dict(config.to_dict())
+        return load_config(config)
+    base = checkpoint.config
+    if config is None:
+        return DavssConfig.from_dict(base.to_dict())
+    if isinstance(config, DavssConfig):
+        model = replace(
+            base.model, **{k: getattr(config.model, k) for k in RUNTIME_MODEL_FIELDS},
+            flow=replace(base.model.flow, **{k: getattr(config.model.flow, k)
+                                             for k in RUNTIME_FLOW_FIELDS}))
+        return DavssConfig(model=model, schedule=replace(config.schedule))
+    if isinstance(config, str) and not config.endswith((".yaml", ".yml")):
+        raise ValueError(f"config {config!r} is a preset, which sets the architecture; with a "
+                         f"checkpoint the architecture is the checkpoint's (pass a dict of "
+                         f"runtime fields, or use VideoSegmenter.from_checkpoint)")
+    if isinstance(config, dict):
+        over = config
+    else:
+        import yaml
+
+        with open(config) as f:
+            over = yaml.safe_load(f) or {}
+        over.pop("preset", None)
+    model = dict(over.get("model") or {})
+    flow = dict(model.pop("flow", None) or {})
+    fixed = sorted([f"model.{k}" for k in model if k not in RUNTIME_MODEL_FIELDS]
+                   + [f"model.flow.{k}" for k in flow if k not in RUNTIME_FLOW_FIELDS]
+                   + [k for k in over if k not in ("model", "schedule")])
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)}: part of the checkpoint's trained model, not a "
+                         f"runtime setting (runtime: model.{', model.'.join(RUNTIME_MODEL_FIELDS)}"
+                         f", model.flow.{', model.flow.'.join(RUNTIME_FLOW_FIELDS)}, schedule)")
+    if flow:
+        model["flow"] = flow
+    merged = _merge_dicts(base.to_dict(), {"model": model, "schedule": over.get("schedule")
+                                           or {}})
+    return DavssConfig.from_dict(merged)
+
+
+def _load_key_segmenter(key: KeySegmenter | str | Path | None, checkpoint: Checkpoint | None,
+                        device: torch.device) -> KeySegmenter | None:
+    """The external key segmenter asked for, or referenced by the checkpoint, or None."""
+    if isinstance(key, KeySegmenter):
+        return key
+    ref = (checkpoint.meta.get("key_segmenter") if checkpoint is not None else None)
+    if key is None and not ref:
+        return None
+    from .segmenters import load_key_segmenter
+
+    if key is not None:
+        return load_key_segmenter(Path(key), device=device)
+    path = Path(ref["path"])
+    if not path.is_absolute() and checkpoint.path is not None:
+        path = checkpoint.path.parent / path
+    if not path.is_file():
+        raise KeySegmenterError(f"{checkpoint.path}: references key segmenter {path}, which "
+                                f"does not exist")
+    if ref.get("sha256") and file_sha256(path) != ref["sha256"]:
+        raise KeySegmenterError(f"{checkpoint.path}: key segmenter {path} has sha256 "
+                                f"{file_sha256(path)[:12]}, the checkpoint was made with "
+                                f"{str(ref['sha256'])[:12]}")
+    return load_key_segmenter(path, device=device)
+
+
+def _fit_to_key_segmenter(cfg: DavssConfig, key: KeySegmenter, checkpoint: Checkpoint | None,
+                          explicit_size: bool) -> DavssConfig:
+    """Class count and input size agreed between the key segmenter and the networks."""
+    n = key.num_classes
+    if checkpoint is not None and checkpoint.config.model.num_classes != n:
+        raise KeySegmenterError(
+            f"{key.name}: gives {n} classes, the checkpoint {checkpoint.path} has "
+            f"{checkpoint.config.model.num_classes}; use a checkpoint trained (or adapted) for "
+            f"this segmenter's classes, or model.checkpoint 'untrained'")
+    model = replace(cfg.model, num_classes=n)
+    need = key.info.input_size
+    if need is not None and tuple(need) != (model.input_height, model.input_width):
+        if explicit_size:
+            key.check_input_size(model.input_height, model.input_width)  # raises
+        model = replace(model, input_height=int(need[0]), input_width=int(need[1]))
+    return replace(cfg, model=model)

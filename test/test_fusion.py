@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from davss_ros.model import AccelFusion, DistortionGuidedFusion, NoFusion, build_fusion
+from davss_ros.model import AccelFusion, DistortionGuidedFusion
 
 
 def _logits():
@@ -48,15 +48,3 @@ def test_accel_fusion_output_shape_and_class_check():
     assert fuse(p, c).shape == p.shape
     with pytest.raises(ValueError, match="5 classes"):
         fuse(torch.randn(1, 4, 6, 8), torch.randn(1, 4, 6, 8))
-
-
-def test_build_fusion_maps_modes_to_modules():
-    assert isinstance(build_fusion("davss", 5), DistortionGuidedFusion)
-    assert isinstance(build_fusion("accel", 5), AccelFusion)
-    p, c = _logits()
-    for mode in ("dff", "none"):
-        fuse = build_fusion(mode, 5)
-        assert isinstance(fuse, NoFusion)
-        assert fuse(p, c, None) is p
-    with pytest.raises(ValueError, match="davss, accel, dff, none"):
-        build_fusion("bogus", 5)

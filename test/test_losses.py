@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from davss_ros.model import DistortionGuidedFusion, FrameParts, fusion_map
+from davss_ros.model.fusion import CONSTANT_DISTORTION
 from davss_ros.train.losses import (
-    NO_DGFC_WEIGHT,
     DDSSwitches,
     combine_dds,
     distortion_loss,
@@ -15,6 +16,16 @@ from davss_ros.train.losses import (
     quarter_flow,
     segmentation_loss,
 )
+
+
+def _losses(f_p, f_cc, m, target, switches=DDSSwitches()):
+    """frame_losses on the parts the model's fusion makes (M, or the constant map without
+    DGFC), as the non-key step hands them to training."""
+    weight = fusion_map(m, "predicted" if switches.dgfc else "constant")
+    parts = FrameParts(propagated=f_p, cue=f_cc, fused=DistortionGuidedFusion()(f_p, f_cc, weight),
+                       distortion_map=m, warped_image=torch.zeros(f_p.shape[0], 3,
+                                                                  *f_p.shape[-2:]))
+    return frame_losses(parts, target, switches)
 
 
 def _logits_with_argmax(ids, num_classes=3):
@@ -76,22 +87,22 @@ def _maps(seed=0, n=2, c=4, h=4, w=6):
 
 def test_corrected_logits_are_the_propagated_ones_where_m_is_0_and_the_cue_where_1():
     f_p, f_cc, _, target = _maps()
-    zero = frame_losses(f_p, f_cc, torch.zeros(2, 1, 4, 6), target)
-    one = frame_losses(f_p, f_cc, torch.ones(2, 1, 4, 6), target)
+    zero = _losses(f_p, f_cc, torch.zeros(2, 1, 4, 6), target)
+    one = _losses(f_p, f_cc, torch.ones(2, 1, 4, 6), target)
     assert torch.allclose(zero["L_C"], zero["L_P"])
     assert torch.allclose(one["L_C"], segmentation_loss(f_cc, target))
 
 
 def test_dgfl_is_the_distortion_weighted_cross_entropy_of_the_cue():
     f_p, f_cc, _, target = _maps()
-    assert frame_losses(f_p, f_cc, torch.zeros(2, 1, 4, 6), target)["L_DGFL"] == 0
+    assert _losses(f_p, f_cc, torch.zeros(2, 1, 4, 6), target)["L_DGFL"] == 0
     m = torch.ones(2, 1, 4, 6)  # weight 1 everywhere: plain CE, ignored pixels weigh 0
     ce = F.cross_entropy(F.interpolate(f_cc, scale_factor=4, mode="bilinear",
                                        align_corners=False), target, ignore_index=255,
                          reduction="none")
-    mean = frame_losses(f_p, f_cc, m, target)["L_DGFL"]
+    mean = _losses(f_p, f_cc, m, target)["L_DGFL"]
     assert torch.allclose(mean, ce.mean())  # Eq. 3: 1/(HW) over all pixels
-    summed = frame_losses(f_p, f_cc, m, target, DDSSwitches(dgfl_norm="sum_m"))["L_DGFL"]
+    summed = _losses(f_p, f_cc, m, target, DDSSwitches(dgfl_norm="sum_m"))["L_DGFL"]
     assert torch.allclose(summed, ce.sum() / (target != 255).sum())
 
 
@@ -99,7 +110,7 @@ def test_dgfl_does_not_push_the_distortion_map_but_the_correction_loss_does():
     f_p, f_cc, m, target = _maps()
     m.requires_grad_(True)
     f_cc.requires_grad_(True)
-    out = frame_losses(f_p, f_cc, m, target)
+    out = _losses(f_p, f_cc, m, target)
     (g_dgfl,) = torch.autograd.grad(out["L_DGFL"], m, allow_unused=True)
     (g_c,) = torch.autograd.grad(out["L_C"], m)
     assert g_dgfl is None or g_dgfl.abs().max() == 0
@@ -109,10 +120,10 @@ def test_dgfl_does_not_push_the_distortion_map_but_the_correction_loss_does():
 def test_without_dgfc_the_fusion_ignores_the_distortion_map():
     f_p, f_cc, m, target = _maps()
     sw = DDSSwitches(dgfc=False)
-    a = frame_losses(f_p, f_cc, m, target, sw)
-    b = frame_losses(f_p, f_cc, torch.rand_like(m), target, sw)
+    a = _losses(f_p, f_cc, m, target, sw)
+    b = _losses(f_p, f_cc, torch.rand_like(m), target, sw)
     assert torch.allclose(a["L_C"], b["L_C"])
-    half = (1 - NO_DGFC_WEIGHT) * f_p + NO_DGFC_WEIGHT * f_cc
+    half = (1 - CONSTANT_DISTORTION) * f_p + CONSTANT_DISTORTION * f_cc
     assert torch.allclose(a["L_C"], segmentation_loss(half, target))
     # DGFL still weights by the real map
     assert not torch.allclose(a["L_DGFL"], b["L_DGFL"])
@@ -120,7 +131,7 @@ def test_without_dgfc_the_fusion_ignores_the_distortion_map():
 
 def test_without_dgfl_there_is_no_dgfl_term():
     f_p, f_cc, m, target = _maps()
-    out = frame_losses(f_p, f_cc, m, target, DDSSwitches(dgfl=False))
+    out = _losses(f_p, f_cc, m, target, DDSSwitches(dgfl=False))
     assert set(out) == {"L_P", "L_C"}
 
 

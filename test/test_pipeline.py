@@ -68,13 +68,13 @@ def test_davss_output_follows_the_fusion_equation():
     seg = make("davss", key_interval=10)
     base = textured()
     seg.step(base)
-    prev_x, prop = seg._prev_x, seg._prop_logits
+    prev_x, prop = seg.state.frame, seg.state.logits
     cur = shifted(base, 4)
     r = seg.step(cur)
     warped, cue, m = _fusion_inputs(seg, prev_x, prop, cur)
     expected = warped * (1 - m) + cue * m
     # the raw warped logits are what gets propagated (the authors' choice)
-    torch.testing.assert_close(seg._prop_logits, warped)
+    torch.testing.assert_close(seg.state.logits, warped)
     up = torch.nn.functional.interpolate(expected, size=(H, W), mode="bilinear")
     np.testing.assert_array_equal(r.labels, up.argmax(1)[0].to(torch.uint8).numpy())
     assert r.distortion_mean == pytest.approx(float(m.mean()), abs=1e-6)
@@ -87,13 +87,13 @@ def test_propagate_corrected_option_propagates_the_fused_logits():
     seg = VideoSegmenter(cfg, device="cpu")
     base = textured()
     seg.step(base)
-    before = seg._prop_logits.clone()
+    before = seg.state.logits.clone()
     seg.step(shifted(base, 4))
     x = seg._to_tensor(shifted(base, 4))
     with torch.no_grad():
         flow = seg.flow(x, seg._to_tensor(base))
         warped = warp(before, flow)
-    assert not torch.allclose(seg._prop_logits, warped)
+    assert not torch.allclose(seg.state.logits, warped)
 
 
 def test_reset_stamp_jump_and_resolution_change_force_key_frames():
@@ -194,9 +194,8 @@ def test_constant_distortion_map_from_a_checkpoint_fuses_half_and_half(tmp_path)
     from davss_ros.checkpoint import save_checkpoint
     from davss_ros.model import DistortionGuidedFusion, build_davss_net
     from davss_ros.model.fusion import CONSTANT_DISTORTION
-    from davss_ros.train.losses import NO_DGFC_WEIGHT
 
-    assert NO_DGFC_WEIGHT == CONSTANT_DISTORTION == 0.5  # training and inference agree
+    assert CONSTANT_DISTORTION == 0.5
     trained = load_config({"model": {"input_height": H, "input_width": W,
                                      "distortion_map": "constant",
                                      "segmenter": {"aspp_channels": 16,
@@ -211,7 +210,7 @@ def test_constant_distortion_map_from_a_checkpoint_fuses_half_and_half(tmp_path)
     assert seg.config.model.distortion_map == "constant"
     base = textured()
     seg.step(base)
-    prev_x, prop = seg._prev_x, seg._prop_logits
+    prev_x, prop = seg.state.frame, seg.state.logits
     cur = shifted(base, 4)
     r = seg.step(cur)
     warped, cue, m = _fusion_inputs(seg, prev_x, prop, cur)
@@ -236,7 +235,7 @@ def test_keep_parts_exposes_the_propagated_logits_cue_and_output_of_non_key_fram
     seg.keep_parts = True
     key = seg.step(base)
     assert key.parts is None  # a key frame has nothing propagated
-    prev_x, prop = seg._prev_x, seg._prop_logits
+    prev_x, prop = seg.state.frame, seg.state.logits
     cur = shifted(base, 4)
     r = seg.step(cur)
     warped, cue, m = _fusion_inputs(seg, prev_x, prop, cur)

@@ -116,6 +116,7 @@ def untrained_checkpoint(config: DavssConfig, *, seed: int = 0) -> Checkpoint:
 
 def build_segmenters(checkpoint: Checkpoint, modes: Iterable[str] = MODES, *,
                      input_size: tuple[int, int] | None = None,
+                     key_segmenter=None,
                      device: str | torch.device = "auto") -> dict[str, VideoSegmenter]:
     """One VideoSegmenter per mode, all with the checkpoint's weights and the PDA schedule.
 
@@ -123,23 +124,21 @@ def build_segmenters(checkpoint: Checkpoint, modes: Iterable[str] = MODES, *,
         modes: some of ``EVAL_MODES``; an oracle mode (``davss_gt``, ``accel_gt``) gets a
             segmenter of its pipeline mode that keeps the frame parts.
         input_size: (height, width) of the network input; None = the checkpoint's.
+        key_segmenter: a KeySegmenter or a TorchScript / ONNX file for key frames; None =
+            the checkpoint's own.
     """
     modes = list(modes)
     unknown = [m for m in modes if m not in EVAL_MODES]
     if unknown or not modes:
         raise ValueError(f"modes must be a non-empty subset of {', '.join(EVAL_MODES)}; "
                          f"got {', '.join(modes) or 'none'}")
-    base = checkpoint.config
     out = {}
     for mode in modes:
         oracle = ORACLE_MODES.get(mode)
-        model = replace(base.model, mode=oracle[0] if oracle else mode)
-        if input_size is not None:
-            model = replace(model, input_height=int(input_size[0]),
-                            input_width=int(input_size[1]))
-        cfg = DavssConfig(model=model, schedule=replace(PDA_SCHEDULE))
-        out[mode] = VideoSegmenter(cfg, checkpoint=checkpoint, device=device,
-                                   keep_parts=oracle is not None)
+        out[mode] = VideoSegmenter.from_checkpoint(
+            checkpoint, mode=oracle[0] if oracle else mode, input_size=input_size,
+            schedule=replace(PDA_SCHEDULE), key_segmenter=key_segmenter, device=device,
+            keep_parts=oracle is not None)
     return out
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from davss_ros.checkpoint import Checkpoint
-from davss_ros.config import DavssConfig, ScheduleConfig
+from davss_ros.config import ScheduleConfig
 from davss_ros.pipeline import VideoSegmenter
 
 from .metrics import ConfusionMatrix
@@ -174,15 +174,12 @@ def _read_clips(dataset, count: int, length: int, dense: bool) -> Iterator[ClipF
 
 
 def build_segmenter(checkpoint: Checkpoint, *, mode: str = "davss",
-                    input_size: tuple[int, int] | None = None,
+                    input_size: tuple[int, int] | None = None, key_segmenter=None,
                     device: str | torch.device = "auto") -> VideoSegmenter:
     """A VideoSegmenter of ``mode`` (davss by default) with the checkpoint's weights, for
     :func:`evaluate_schedules` (which sets its schedule)."""
-    model = replace(checkpoint.config.model, mode=mode)
-    if input_size is not None:
-        model = replace(model, input_height=int(input_size[0]), input_width=int(input_size[1]))
-    cfg = DavssConfig(model=model, schedule=replace(checkpoint.config.schedule))
-    return VideoSegmenter(cfg, checkpoint=checkpoint, device=device)
+    return VideoSegmenter.from_checkpoint(checkpoint, mode=mode, input_size=input_size,
+                                          key_segmenter=key_segmenter, device=device)
 
 
 # ---------------------------------------------------------------------------- running

@@ -1,5 +1,6 @@
 """Fusion of propagated logits f_P with current-frame logits: DAVSS's distortion-guided
-feature correction, the Accel baseline's learned 1x1 fusion, and none (DFF)."""
+feature correction (Eq. 4, written here only) and the Accel baseline's learned 1x1 fusion.
+Which mode fuses how is :data:`davss_ros.model.step.MODE_TABLE`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from torch import nn
 
 # The distortion map used in place of DMNet's M without DGFC (the paper's ablation): an even
 # blend of f_P and f_CC at every pixel, as nothing tells distorted from intact pixels apart.
-# Training (davss_ros.train.losses.NO_DGFC_WEIGHT) and inference
-# (ModelConfig.distortion_map = "constant") both take it from here.
+# Training (the no-DGFC switch) and inference (ModelConfig.distortion_map = "constant")
+# both fuse through fusion_map.
 CONSTANT_DISTORTION = 0.5
 
 
@@ -70,26 +71,3 @@ class AccelFusion(nn.Module):
             raise ValueError(f"AccelFusion expects {self.num_classes} classes, got "
                              f"{propagated.shape[1]}")
         return self.conv(torch.cat([propagated, correction_cue], dim=1))
-
-
-class NoFusion(nn.Module):
-    """DFF: the propagated logits are the output."""
-
-    def forward(self, propagated: torch.Tensor, correction_cue: torch.Tensor | None = None,
-                distortion_map: torch.Tensor | None = None) -> torch.Tensor:
-        return propagated
-
-
-FUSION_MODES = ("davss", "accel", "dff", "none")
-
-
-def build_fusion(mode: str, num_classes: int) -> nn.Module:
-    """``davss`` -> DistortionGuidedFusion, ``accel`` -> AccelFusion, ``dff``/``none`` ->
-    NoFusion."""
-    if mode == "davss":
-        return DistortionGuidedFusion()
-    if mode == "accel":
-        return AccelFusion(num_classes)
-    if mode in ("dff", "none"):
-        return NoFusion()
-    raise ValueError(f"unknown fusion mode {mode!r}; expected one of: {', '.join(FUSION_MODES)}")

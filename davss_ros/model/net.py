@@ -7,13 +7,16 @@ from torch import nn
 from ..config import ModelConfig
 from .cfnet import CFNet
 from .dmnet import DMNet
+from .flow import FlowProvider
 from .flownet import FlowNetS, build_flownet
-from .fusion import AccelFusion
+from .fusion import AccelFusion, DistortionGuidedFusion
 from .segmenter import DeepLabV3Plus, build_segmenter
+from .step import NonKeyStep
 
 
 class DavssNet(nn.Module):
-    """Container of the networks; the pipeline decides which run on a frame.
+    """Container of the networks; :class:`~davss_ros.model.step.NonKeyStep` runs them on a
+    non-key frame as the mode table says, the pipeline decides which frames are key frames.
 
     - ``segmenter``: DeepLabv3+ Net_seg for key frames.
     - ``flownet``: FlowNet-S when the flow provider is ``learned``, else None (DIS flow).
@@ -21,6 +24,7 @@ class DavssNet(nn.Module):
     - ``cfnet``: the DAVSS correction branch (correction_cue).
     - ``accel_cfnet`` and ``accel_fusion``: the Accel baseline's current-frame branch and its
       learned 1x1 fusion.
+    - ``fusion``: DAVSS's distortion-guided fusion (Eq. 4; no weights).
     """
 
     def __init__(self, config: ModelConfig, *, segmenter: DeepLabV3Plus,
@@ -34,10 +38,16 @@ class DavssNet(nn.Module):
         self.cfnet = cfnet
         self.accel_cfnet = accel_cfnet
         self.accel_fusion = accel_fusion
+        self.fusion = DistortionGuidedFusion()
+
+    def non_key_step(self, flow: FlowProvider, *, fusion_map: str | None = None) -> NonKeyStep:
+        """The non-key step over these networks with ``flow`` (see NonKeyStep)."""
+        return NonKeyStep(self, flow, fusion_map=fusion_map)
 
     def forward(self, *args, **kwargs):
-        raise NotImplementedError("DavssNet holds the networks; run them through "
-                                  "davss_ros.pipeline.VideoSegmenter or one by one")
+        raise NotImplementedError("DavssNet holds the networks; a non-key frame runs through "
+                                  "DavssNet.non_key_step(flow), a key frame through its "
+                                  "segmenter, a stream through davss_ros.pipeline.VideoSegmenter")
 
 
 def build_davss_net(cfg: ModelConfig) -> DavssNet:

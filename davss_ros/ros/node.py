@@ -122,6 +122,7 @@ class SegmenterNode(LifecycleNode):
         self._seg_lock = threading.Lock()  # the worker's step vs. schedule changes / cleanup
         self._lut = np.zeros((256, 3), np.uint8)
         self._model_text = "none"
+        self._framed_size: tuple[int, int] | None = None
         self._untrained = False
         self._active = False
         self._label_info_sent = False
@@ -281,20 +282,16 @@ class SegmenterNode(LifecycleNode):
         path, untrained_reason = resolve_checkpoint(s.checkpoint, s.config)
         checkpoint = load_checkpoint(path) if path is not None else None
         # With a checkpoint its own configuration builds the networks; the node's
-        # parameters set the runtime fields on top (mode, flow, schedule, input size).
-        cfg = checkpoint.config if checkpoint is not None else load_config(s.config)
-        cfg = type(cfg).from_dict(cfg.to_dict())  # a private copy
-        cfg.model.mode = s.mode
-        cfg.model.flow.provider = s.flow_provider
-        cfg.model.flow.dis_preset = s.dis_preset
-        cfg.schedule = s.schedule
-        if s.input_width:
-            cfg.model.input_width = s.input_width
-        if s.input_height:
-            cfg.model.input_height = s.input_height
-        cfg.validate()
-        seg = VideoSegmenter(config=cfg, checkpoint=checkpoint, device=s.device,
-                             max_stamp_gap=s.max_stamp_gap or None)
+        # parameters are runtime overrides on top (mode, flow, schedule, input size).
+        size = None
+        if s.input_width or s.input_height:
+            base = (checkpoint.config if checkpoint is not None else load_config(s.config)).model
+            size = (s.input_height or base.input_height, s.input_width or base.input_width)
+        seg = VideoSegmenter.from_checkpoint(
+            checkpoint, preset=s.config, mode=s.mode, input_size=size, flow=s.flow_provider,
+            dis_preset=s.dis_preset, schedule=s.schedule,
+            key_segmenter=s.key_segmenter or None, resize=s.resize, device=s.device,
+            max_stamp_gap=s.max_stamp_gap or None)
         try:
             seg.warmup()
         except Exception:
@@ -316,10 +313,15 @@ class SegmenterNode(LifecycleNode):
             self.get_logger().info(
                 f"model: {'shipped ' if shipped else ''}{path} (sha256 "
                 f"{file_sha256(path)[:12]}): {describe_origin(checkpoint.meta)}")
-            if not shipped and s.config != P.SPECS["model.config"].default:
+            if not shipped and s.config != P.SPECS["model.config"].default \
+                    and seg.key_segmenter.kind == "native":
                 self.get_logger().warning(
                     f"model.config {s.config!r} is not used: the checkpoint carries its own "
                     "architecture")
+        if seg.key_segmenter.kind != "native":
+            self._model_text += f", key frames: {seg.key_segmenter.describe()}"
+            self.get_logger().info(f"key segmenter: {seg.key_segmenter.describe()}")
+        self._framed_size = None
         return seg
 
     def _setup_outputs(self, s: P.NodeParams, seg) -> None:
@@ -490,6 +492,10 @@ class SegmenterNode(LifecycleNode):
                 self._frame_rejected("too_small", f"image {w}x{h} is too small, expected at "
                                      f"least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
                 return
+            if (h, w) != self._framed_size:
+                self._framed_size = (h, w)
+                self.get_logger().info(f"input {seg.framing((h, w)).describe()} "
+                                       f"(input.resize {seg.resize})")
             t1 = time.perf_counter()
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
             try:

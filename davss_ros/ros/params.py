@@ -62,6 +62,12 @@ SPECS: dict[str, Spec] = {
         "shipped model's architecture; another value with model.checkpoint empty runs "
         "untrained weights of it. A checkpoint file carries its own architecture, and "
         "then this is not used."),
+    "model.key_segmenter": Spec(
+        "", "Key-frame segmenter file: an ONNX (.onnx, run by onnxruntime) or TorchScript "
+        "(.ts, .pt) network with its declaration (classes, normalisation, input size) in a "
+        "sidecar <file>.yaml or its own metadata. Empty: the checkpoint's own DeepLabv3+ (or "
+        "the file the checkpoint references). Its class count must be the checkpoint's; "
+        "with model.checkpoint 'untrained' the non-key networks take its classes."),
     "model.device": Spec(
         "auto", "Torch device: auto (CUDA when available), cpu, cuda or cuda:N."),
     "model.mode": Spec(
@@ -94,6 +100,12 @@ SPECS: dict[str, Spec] = {
     "input.height": Spec(
         0, "Network input height in pixels: 0 = the model's default, else a multiple of 64.",
         int_range=(0, 4096, 64)),
+    "input.resize": Spec(
+        "letterbox", "How a camera image of another aspect ratio fits the network input: "
+        "letterbox (scaled to fit, aspect kept, black borders), stretch (each axis scaled on "
+        "its own) or crop (scaled to cover, aspect kept, the overflow cut; those pixels are "
+        "labelled 255). Outputs always map back to the input image's pixels.",
+        choices=("letterbox", "stretch", "crop")),
     "input.max_stamp_gap": Spec(
         1.0, "Seconds: a header stamp jumping forward by more than this between two "
         "processed frames (camera pause, bag skipping ahead) resets the propagation, so the "
@@ -191,6 +203,7 @@ class NodeParams:
 
     checkpoint: str
     config: str
+    key_segmenter: str
     device: str
     mode: str
     flow_provider: str
@@ -198,6 +211,7 @@ class NodeParams:
     schedule: ScheduleConfig
     input_width: int
     input_height: int
+    resize: str
     max_stamp_gap: float
     output_labels: bool
     output_labels_color: bool
@@ -219,6 +233,7 @@ def read(node: Node) -> NodeParams:
     return NodeParams(
         checkpoint=values["model.checkpoint"],
         config=values["model.config"],
+        key_segmenter=values["model.key_segmenter"].strip(),
         device=values["model.device"],
         mode=values["model.mode"],
         flow_provider=values["flow.provider"],
@@ -226,6 +241,7 @@ def read(node: Node) -> NodeParams:
         schedule=schedule_from(values),
         input_width=values["input.width"],
         input_height=values["input.height"],
+        resize=values["input.resize"],
         max_stamp_gap=float(values["input.max_stamp_gap"]),
         output_labels=values["output.labels"],
         output_labels_color=values["output.labels_color"],

@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from davss_ros.classes import IGNORE_ID
-from davss_ros.model.fusion import CONSTANT_DISTORTION
+from davss_ros.model.step import FrameParts
 
 
 def upsample_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -89,46 +89,32 @@ class DDSSwitches:
 
     dds: bool = True  # False: one warp F1 -> F3 and supervision on F3 only
     dgfl: bool = True  # False: no L_DGFL
-    dgfc: bool = True  # False: fuse with a constant 0.5 map instead of M
+    dgfc: bool = True  # False: fuse with the constant map instead of M (fusion_map)
     dgfl_norm: str = "mean"  # mean: 1/(HW) as Eq. 3; sum_m: divided by the sum of M
 
 
-# Without DGFC the correction cannot tell distorted from intact pixels; the ablation fuses
-# with this constant weight everywhere (an even blend of f_P and f_CC). It is the model's
-# constant, so inference with ModelConfig.distortion_map = "constant" fuses the same way.
-NO_DGFC_WEIGHT = CONSTANT_DISTORTION
-
-
-def fusion_weight(distortion_map: torch.Tensor, dgfc: bool) -> torch.Tensor:
-    """The map the correction uses: M itself (DGFC) or a constant 0.5 map."""
-    return distortion_map if dgfc else torch.full_like(distortion_map, NO_DGFC_WEIGHT)
-
-
-def frame_losses(propagated: torch.Tensor, correction_cue: torch.Tensor,
-                 distortion_map: torch.Tensor, target: torch.Tensor,
+def frame_losses(parts: FrameParts, target: torch.Tensor,
                  switches: DDSSwitches = DDSSwitches()) -> dict[str, torch.Tensor]:
-    """The three terms at one supervised frame.
+    """The three terms at one supervised frame, from the non-key step's ``parts``
+    (``davss_ros.model.step``: f_P ``propagated``, f_CC ``cue``, M ``distortion_map`` and
+    f_C ``fused``, made by the same fusion as at inference, Eq. 4, or with the constant map
+    when the run is without DGFC); ``target`` N x H x W class ids (ground truth, or the
+    pseudo label on F2), 255 ignored.
 
-    Args:
-        propagated: f_P, N x C x h x w (the warped key logits).
-        correction_cue: f_CC from CFNet, N x C x h x w.
-        distortion_map: M from DMNet, N x 1 x h x w in [0, 1].
-        target: N x H x W class ids (ground truth, or the pseudo label on F2), 255 ignored.
-
-    Returns ``L_P`` (Eq. 5), ``L_C`` (Eq. 6, on f_C = f_P (1 - M) + f_CC M, Eq. 4) and
-    ``L_DGFL`` (Eq. 3: per-pixel CE of f_CC weighted by M). M is detached in L_DGFL: it
-    weights the loss and is not something that loss should shrink; it keeps its gradient in
-    L_C (through the fusion), as in the authors' code.
+    Returns ``L_P`` (Eq. 5), ``L_C`` (Eq. 6, on f_C) and ``L_DGFL`` (Eq. 3: per-pixel CE of
+    f_CC weighted by M). M is detached in L_DGFL: it weights the loss and is not something
+    that loss should shrink; it keeps its gradient in L_C (through the fusion), as in the
+    authors' code.
     """
-    weight = fusion_weight(distortion_map, switches.dgfc)
-    corrected = propagated * (1.0 - weight) + correction_cue * weight
-    out = {"L_P": segmentation_loss(propagated, target),
-           "L_C": segmentation_loss(corrected, target)}
+    if parts.cue is None or parts.distortion_map is None:
+        raise ValueError("frame_losses needs the parts of a davss step (cue and distortion map)")
+    out = {"L_P": segmentation_loss(parts.propagated, target),
+           "L_C": segmentation_loss(parts.fused, target)}
     if switches.dgfl:
         size = target.shape[-2:]
-        ce = F.cross_entropy(upsample_to(correction_cue, size), target.long(),
+        ce = F.cross_entropy(upsample_to(parts.cue, size), target.long(),
                              ignore_index=IGNORE_ID, reduction="none")
-        m = upsample_to(distortion_map.detach(), size)[:, 0]
+        m = upsample_to(parts.distortion_map.detach(), size)[:, 0]
         m = m * (target != IGNORE_ID).to(m.dtype)
         if switches.dgfl_norm == "sum_m":
             out["L_DGFL"] = (ce * m).sum() / m.sum().clamp_min(1.0)

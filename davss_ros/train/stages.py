@@ -10,8 +10,9 @@
   training), L_P, L_C and L_DGFL on F2 (pseudo label) and F3 (ground truth); and the Accel
   baseline's branch and fusion on the same (detached) propagated logits.
 
-Frozen networks run in eval mode without gradients; the propagation matches the pipeline
-(key image = ``avg_pool2d(frame, 4)``, backward warping, raw warped logits propagated).
+Frozen networks run in eval mode without gradients. Every non-key frame goes through the
+model's own non-key step (``davss_ros.model.step``), as at inference: the same warps, the
+same DMNet input, the same fusion; the raw warped logits are propagated.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from davss_ros.model import DavssNet, warp
+from davss_ros.model import DavssNet, PropagationState
 from davss_ros.model.flow import FlowProvider, LearnedFlow
+from davss_ros.model.step import quarter_image
 
 from .losses import (
     DDSSwitches,
@@ -142,7 +143,8 @@ def propagate_chain(net: DavssNet, flow: FlowProvider, frames: torch.Tensor,
                     distance: torch.Tensor, *, frame_ids: torch.Tensor | None = None,
                     cache: LogitCache | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Propagate each sample's key frame to the last frame, one frame at a time.
+    """Propagate each sample's key frame to the last frame, one frame at a time, by the
+    model's non-key step.
 
     ``frames`` is N x L x 3 x H x W with sample b's chain in its last ``distance[b] + 1``
     slots (key frame at L - 1 - distance[b]). Returns the propagated logits and key image
@@ -155,19 +157,20 @@ def propagate_chain(net: DavssNet, flow: FlowProvider, frames: torch.Tensor,
     start = (length - 1) - distance
     rows = torch.arange(n, device=frames.device)
     keys = frames[rows, start]
-    current = frames[:, -1]
     ids = None if frame_ids is None else torch.cat([frame_ids[rows, start], frame_ids[:, -1]])
-    logits = _segment(net, torch.cat([keys, current]), ids, cache)
-    prop, current_logits = logits[:n].clone(), logits[n:]
-    prop_image = F.avg_pool2d(keys, 4)
+    logits = _segment(net, torch.cat([keys, frames[:, -1]]), ids, cache)
+    state = PropagationState.from_key(keys, logits[:n].clone())
+    step = net.non_key_step(flow)
     for s in range(1, length):
         active = torch.nonzero(start < s).flatten()
         if active.numel() == 0:
             continue
-        f = flow(frames[active, s], frames[active, s - 1])
-        prop[active] = warp(prop[active], f)
-        prop_image[active] = warp(prop_image[active], f)
-    return prop, prop_image, current_logits
+        sub = PropagationState(frame=frames[active, s - 1], logits=state.logits[active],
+                               image=state.image[active])
+        parts = step.propagate(sub, frames[active, s], "dff")
+        state.logits[active] = parts.propagated
+        state.image[active] = parts.warped_image
+    return state.logits, state.image, logits[n:]
 
 
 class DMNetStep(nn.Module):
@@ -186,7 +189,8 @@ class DMNetStep(nn.Module):
             self.net, self.flow, frames, batch["distance"], frame_ids=batch.get("frame_ids"),
             cache=self.cache)
         target = distortion_target(prop, current_logits)
-        m = self.net.dmnet(prop_image, F.avg_pool2d(frames[:, -1], 4))
+        m = self.net.non_key_step(self.flow).distortion(prop_image,
+                                                        quarter_image(frames[:, -1]))
         loss = distortion_loss(m, target)
         return {"loss": loss, "BCE": loss.detach(), "target_mean": target.mean(),
                 "M_mean": m.detach().mean()}
@@ -235,21 +239,20 @@ class DDSStep(nn.Module):
             else:
                 key = _segment(net, f1, None if ids is None else ids[:, 0], self.cache)
                 steps = [(f3, f1, label)]
-        prop, prop_image = key, F.avg_pool2d(f1, 4)
+        step = net.non_key_step(self.flow, fusion_map=None if sw.dgfc else "constant")
+        state = PropagationState.from_key(f1, key)
         terms, accel_terms = [], []
         for current, previous, target in steps:
             with torch.set_grad_enabled(self.train_flow and torch.is_grad_enabled()):
                 flow = self.flow(current, previous)
-            prop = warp(prop, flow)
-            prop_image = warp(prop_image, flow)
-            m = net.dmnet(prop_image, F.avg_pool2d(current, 4))
-            cue = net.cfnet(current)
-            terms.append(frame_losses(prop, cue, m, target, sw))
+            parts = step.propagate(state, current, "davss", flow=flow)
+            terms.append(frame_losses(parts, target, sw))
             if self.accel:
-                fused = net.accel_fusion(prop.detach(), net.accel_cfnet(current))
+                _, fused = step.correct("accel", parts.propagated.detach(), current, None)
                 accel_terms.append(segmentation_loss(fused, target))
+            state = parts.next_state(current)
         out = combine_dds(terms)
         if self.accel:
             out["L_accel"] = torch.stack(accel_terms).mean()
-        out["M_mean"] = m.detach().mean()
+        out["M_mean"] = parts.distortion_map.detach().mean()
         return out

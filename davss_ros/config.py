@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
+from .registry import BACKBONES, FLOW_PROVIDERS
+
 MODES = ("per_frame", "dff", "accel", "davss")
-BACKBONES = ("xception65", "resnet18", "resnet50", "mobilenet_v3_large")
-FLOW_PROVIDERS = ("dis", "learned")
+# Kinds with a registry (davss_ros.registry: backbones, flow providers) are checked there.
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 POLICIES = ("fixed", "adaptive")
 DISTORTION_METRICS = ("mean", "ratio")
@@ -118,8 +119,8 @@ class DavssConfig:
         m, s = self.model, self.schedule
         _choice("model.mode", m.mode, MODES)
         _choice("model.distortion_map", m.distortion_map, DISTORTION_MAPS)
-        _choice("model.segmenter.backbone", m.segmenter.backbone, BACKBONES)
-        _choice("model.flow.provider", m.flow.provider, FLOW_PROVIDERS)
+        BACKBONES.check("model.segmenter.backbone", m.segmenter.backbone)
+        FLOW_PROVIDERS.check("model.flow.provider", m.flow.provider)
         _choice("model.flow.dis_preset", m.flow.dis_preset, DIS_PRESETS)
         _choice("schedule.policy", s.policy, POLICIES)
         _choice("schedule.metric", s.metric, DISTORTION_METRICS)

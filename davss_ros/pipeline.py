@@ -33,6 +33,7 @@ from .classes import IGNORE_ID, default_class_names, default_palette
 from .config import DavssConfig, ScheduleConfig, load_config
 from .model import build_davss_net, build_flow, fold_batchnorm
 from .model.step import FrameParts, PropagationState, mode_spec
+from .registry import FLOW_PROVIDERS
 from .resize import RESIZE_POLICIES, Framing
 from .schedule import KeyFrameScheduler, photometric_error
 from .segmenters import KeySegmenter, KeySegmenterError, NativeSegmenter, SegmenterInfo
@@ -165,8 +166,9 @@ class VideoSegmenter:
         self.net = build_davss_net(arch)
         if self.checkpoint is not None:
             load_weights(self.net, self.checkpoint)
-        if cfg.model.flow.provider == "learned" and self.net.flownet is None:
-            msg = "flow.provider 'learned' needs a flow network, and this model has none " \
+        provider = cfg.model.flow.provider
+        if FLOW_PROVIDERS.get(provider).needs_network and self.net.flownet is None:
+            msg = f"flow.provider {provider!r} needs a flow network, and this model has none " \
                 "(it was built for DIS flow)"
             if self.checkpoint is not None:
                 raise CheckpointError(f"{self.checkpoint.path}: {msg}")

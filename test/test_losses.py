@@ -18,9 +18,10 @@ from davss_ros.train.losses import (
 )
 
 
-def _losses(f_p, f_cc, m, target, switches=DDSSwitches()):
+def _losses(f_p, f_cc, m, target, switches=None):
     """frame_losses on the parts the model's fusion makes (M, or the constant map without
     DGFC), as the non-key step hands them to training."""
+    switches = switches or DDSSwitches()
     weight = fusion_map(m, "predicted" if switches.dgfc else "constant")
     parts = FrameParts(propagated=f_p, cue=f_cc, fused=DistortionGuidedFusion()(f_p, f_cc, weight),
                        distortion_map=m, warped_image=torch.zeros(f_p.shape[0], 3,

@@ -246,3 +246,129 @@ def test_keep_parts_exposes_the_propagated_logits_cue_and_output_of_non_key_fram
     np.testing.assert_array_equal(seg.labels_from_logits(r.parts.fused, (H, W)), r.labels)
     small = seg.labels_from_logits(r.parts.propagated, (H // 2, W // 2))
     assert small.shape == (H // 2, W // 2) and small.dtype == np.uint8
+
+
+# ------------------------------------------------------- building, key segmenters, resize
+
+
+class _ColourSegmenter(torch.nn.Module):
+    """Logits = the 1/4-pooled colour channels (class 0 red, 1 green, 2 blue), then
+    ``extra`` classes that never win: a key segmenter whose answer is known per pixel."""
+
+    def __init__(self, extra=0):
+        super().__init__()
+        self.extra = extra
+
+    def forward(self, x):
+        pooled = torch.nn.functional.avg_pool2d(x, 4) * 10.0
+        pad = torch.full((x.shape[0], self.extra) + pooled.shape[-2:], -10.0)
+        return torch.cat([pooled, pad], 1)
+
+
+def _colour_key(classes=3):
+    from davss_ros.classes import default_palette
+    from davss_ros.segmenters import NativeSegmenter, SegmenterInfo
+
+    names = tuple(f"c{i}" for i in range(classes))
+    return NativeSegmenter(_ColourSegmenter(classes - 3), SegmenterInfo(
+        class_names=names, palette=tuple(default_palette(classes))))
+
+
+def _colour_image(h, w):
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 3, 0] = 255
+    img[:, w // 3: 2 * w // 3, 1] = 255
+    img[:, 2 * w // 3:, 2] = 255
+    return img
+
+
+def _checkpoint(tmp_path, **model):
+    from davss_ros.checkpoint import save_checkpoint
+    from davss_ros.model import build_davss_net
+
+    cfg = load_config({"model": {"input_height": H, "input_width": W, "flow": {
+        "provider": "dis", "dis_preset": "ultrafast"}, "propagate_corrected": True,
+        "segmenter": {"aspp_channels": 16, "decoder_channels": 16}, **model}})
+    return save_checkpoint(tmp_path / "ck.pt", config=cfg,
+                           state_dict=build_davss_net(cfg.model).state_dict())
+
+
+def test_a_runtime_override_changes_only_what_it_names(tmp_path):
+    path = _checkpoint(tmp_path)
+    for seg in (VideoSegmenter(config={"model": {"mode": "dff"}}, checkpoint=path,
+                               device="cpu"),
+                VideoSegmenter.from_checkpoint(path, mode="dff", device="cpu")):
+        m = seg.config.model
+        assert m.mode == "dff"
+        assert (m.input_height, m.input_width) == (H, W)  # not the preset's 256x512
+        assert m.flow.dis_preset == "ultrafast" and m.propagate_corrected
+    seg = VideoSegmenter.from_checkpoint(path, input_size=(128, 192), dis_preset="fast",
+                                         schedule={"key_interval": 7}, device="cpu")
+    m = seg.config.model
+    assert (m.input_height, m.input_width, m.flow.dis_preset) == (128, 192, "fast")
+    assert m.mode == "davss" and m.propagate_corrected
+    assert seg.config.schedule.key_interval == 7 and seg.config.schedule.policy == "fixed"
+    with pytest.raises(ValueError, match="model.segmenter: part of the checkpoint"):
+        VideoSegmenter(config={"model": {"segmenter": {"backbone": "resnet18"}}},
+                       checkpoint=path, device="cpu")
+    with pytest.raises(ValueError, match="preset"):
+        VideoSegmenter(config="paper", checkpoint=path, device="cpu")
+
+
+@pytest.mark.parametrize("policy", ["letterbox", "stretch", "crop"])
+def test_labels_of_another_aspect_ratio_land_on_the_input_pixels(policy):
+    seg = VideoSegmenter.from_checkpoint(None, preset=load_config({"model": {
+        "input_height": H, "input_width": W}}), key_segmenter=_colour_key(), resize=policy,
+        mode="per_frame", device="cpu")
+    img = _colour_image(144, 176)
+    r = seg.step(img)
+    assert r.labels.shape == (144, 176) and r.distortion.shape == (144, 176)
+    truth = np.argmax(img, axis=2)
+    seen = r.labels != 255
+    # every seen pixel carries its own colour's class, but within one network pixel of a
+    # colour edge
+    edges = np.zeros(176, bool)
+    for x in (176 // 3, 2 * 176 // 3):
+        edges[x - 3: x + 3] = True
+    ok = (r.labels == truth) | edges[None, :] | ~seen
+    assert ok.all()
+    if policy == "crop":
+        assert seen[72].all() and (~seen[0]).all() and (~seen[-1]).all()  # rows cut
+    else:
+        assert seen.all()
+
+
+def test_letterbox_is_the_default_and_says_what_it_does():
+    seg = VideoSegmenter.from_checkpoint(None, preset=load_config({"model": {
+        "input_height": H, "input_width": W}}), device="cpu")
+    assert seg.resize == "letterbox"
+    assert "letterboxed" in seg.framing((144, 176)).describe()
+
+
+def test_a_key_segmenter_of_other_classes_gives_its_classes_to_untrained_networks(tmp_path):
+    key = _colour_key(11)
+    seg = VideoSegmenter.from_checkpoint(None, preset=load_config({"model": {
+        "input_height": H, "input_width": W}}), key_segmenter=key, device="cpu")
+    assert seg.num_classes == 11 and seg.class_names == [f"c{i}" for i in range(11)]
+    assert len(seg.palette) == 11
+    for _ in range(3):
+        r = seg.step(_colour_image(H, W))
+    assert not r.is_key and r.labels.max() < 11
+    # a trained checkpoint of 19 classes refuses it, naming both counts
+    from davss_ros.segmenters import KeySegmenterError
+
+    with pytest.raises(KeySegmenterError, match="gives 11 classes, the checkpoint .* has 19"):
+        VideoSegmenter.from_checkpoint(_checkpoint(tmp_path), key_segmenter=key, device="cpu")
+
+
+def test_a_fixed_propagation_distance_from_python():
+    """The README's recipe: a long fixed interval, reset() for the key frame, d steps."""
+    from davss_ros.config import ScheduleConfig
+
+    seg = make("davss")
+    seg.set_schedule(ScheduleConfig(policy="fixed", key_interval=100))
+    base = textured(3)
+    for start in (0, 1):
+        seg.reset("start")
+        distances = [seg.step(shifted(base, start + d)).propagation_distance for d in range(6)]
+        assert distances == [0, 1, 2, 3, 4, 5]

@@ -144,3 +144,9 @@ class CamVidSequences:
         for i in range(len(self)):
             for d in distances:
                 yield self.pda_sample(i, d)
+
+
+def open_sequences(root: str | Path, split: str, *, max_distance: int = 9,
+                   resize_frames: bool = False, **_: object) -> CamVidSequences:
+    """The registry's builder for ``camvid``; the other loaders' options do not apply."""
+    return CamVidSequences(root, split, max_distance=max_distance, resize_frames=resize_frames)

@@ -194,3 +194,10 @@ class CityscapesSequences:
         for i in range(len(self)):
             for d in distances:
                 yield self.pda_sample(i, d)
+
+
+def open_sequences(root: str | Path, split: str, *, snippet_length: int = 30,
+                   **_: object) -> CityscapesSequences:
+    """The registry's builder for ``cityscapes`` and ``synthetic`` (the same layout); the
+    other loaders' options do not apply."""
+    return CityscapesSequences(root, split, snippet_length=snippet_length)

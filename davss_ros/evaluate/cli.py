@@ -28,6 +28,7 @@ from pathlib import Path
 
 from davss_ros.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from davss_ros.config import MODES, load_config
+from davss_ros.registry import DATASETS
 
 from .pda import (
     DISTANCES,
@@ -38,8 +39,6 @@ from .pda import (
     untrained_checkpoint,
 )
 
-DATASETS = ("synthetic", "cityscapes", "camvid")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
@@ -48,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate untrained weights of --config (tests, plumbing checks)")
     parser.add_argument("--config", default=None,
                         help="with --untrained: preset or YAML of the model (default: cpu)")
-    parser.add_argument("--dataset", choices=DATASETS, default="synthetic",
+    parser.add_argument("--dataset", choices=DATASETS.names(), default="synthetic",
                         help="data layout: synthetic and cityscapes share the Cityscapes "
                              "sequence layout (default: %(default)s)")
     parser.add_argument("--root", type=Path, required=True, help="data set root folder")
@@ -158,18 +157,11 @@ def run(args: argparse.Namespace) -> int:
 def open_dataset(kind: str, root: Path, split: str, *, max_distance: int = 9,
                  resize_frames: bool = False):
     """The snippet loader for a data set kind (synthetic data uses the Cityscapes layout)."""
-    if kind not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {kind!r}")
+    DATASETS.check("dataset", kind)
     if not Path(root).is_dir():
         raise FileNotFoundError(f"data set root {root} is not a folder")
-    if kind == "camvid":
-        from davss_ros.data.camvid import CamVidSequences
-
-        return CamVidSequences(root, split, max_distance=max_distance,
-                               resize_frames=resize_frames)
-    from davss_ros.data.cityscapes import CityscapesSequences
-
-    return CityscapesSequences(root, split)
+    return DATASETS.get(kind)(Path(root), split, max_distance=max_distance,
+                              resize_frames=resize_frames)
 
 
 def parse_distances(text: str, *, option: str = "--distances") -> list[int]:

@@ -8,37 +8,23 @@ Every backbone maps an N x 3 x H x W image to ``{'low_level': stride-4 features,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..registry import BACKBONES
 from .common import ConvBNAct, SeparableConv2d, init_weights, make_divisible
-
-BackboneBuilder = Callable[..., nn.Module]
-BACKBONES: dict[str, BackboneBuilder] = {}
-
-
-def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    def wrap(fn: BackboneBuilder) -> BackboneBuilder:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        BACKBONES[name] = fn
-        return fn
-
-    return wrap
 
 
 def build_backbone(name: str, *, output_stride: int = 16, width_mult: float = 1.0) -> nn.Module:
-    """The backbone registered as ``name`` (see ``BACKBONES``)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of: {', '.join(BACKBONES)}")
+    """The backbone registered as ``name`` (``davss_ros.registry.BACKBONES``)."""
+    BACKBONES.check("backbone", name)
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
     if not width_mult > 0:
         raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
-    return BACKBONES[name](output_stride=output_stride, width_mult=width_mult)
+    return BACKBONES.get(name)(output_stride=output_stride, width_mult=width_mult)
 
 
 class _Strider:
@@ -158,7 +144,6 @@ class Xception65(nn.Module):
         return {"low_level": low_level, "out": x}
 
 
-@register_backbone("xception65")
 def xception65(*, output_stride: int = 16, width_mult: float = 1.0) -> Xception65:
     return Xception65(output_stride=output_stride, width_mult=width_mult)
 
@@ -241,12 +226,10 @@ class ResNet(nn.Module):
         return {"low_level": low_level, "out": out}
 
 
-@register_backbone("resnet18")
 def resnet18(*, output_stride: int = 16, width_mult: float = 1.0) -> ResNet:
     return ResNet(_BasicBlock, (2, 2, 2, 2), output_stride=output_stride, width_mult=width_mult)
 
 
-@register_backbone("resnet50")
 def resnet50(*, output_stride: int = 16, width_mult: float = 1.0) -> ResNet:
     return ResNet(_Bottleneck, (3, 4, 6, 3), output_stride=output_stride, width_mult=width_mult)
 
@@ -353,7 +336,6 @@ class MobileNetV3Large(nn.Module):
         return {"low_level": low_level, "out": out}
 
 
-@register_backbone("mobilenet_v3_large")
 def mobilenet_v3_large(*, output_stride: int = 16,
                        width_mult: float = 1.0) -> MobileNetV3Large:
     return MobileNetV3Large(output_stride=output_stride, width_mult=width_mult)

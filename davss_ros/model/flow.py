@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..config import FlowConfig
+from ..registry import FLOW_PROVIDERS
 from .flownet import FlowNetS
 
 DIS_PRESETS = {
@@ -30,6 +31,14 @@ class FlowProvider(ABC):
 
     #: H and W must be multiples of this.
     multiple = 4
+    #: Whether the provider runs the model's flow network (built into DavssNet, trained in
+    #: stage 1 and carried by checkpoints).
+    needs_network = False
+
+    @classmethod
+    def from_config(cls, cfg: FlowConfig, flownet: FlowNetS | None = None) -> FlowProvider:
+        """The provider for ``cfg`` (``flownet``: the model's flow network, if any)."""
+        return cls()
 
     def __call__(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         for name, x in (("current", current), ("previous", previous)):
@@ -66,6 +75,10 @@ class DISFlow(FlowProvider):
         self.preset = preset
         self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
         self._last: tuple[weakref.ref, int, list[np.ndarray]] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: FlowConfig, flownet: FlowNetS | None = None) -> DISFlow:
+        return cls(cfg.dis_preset)
 
     def compute(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         prev_grey = self._cached(previous)
@@ -104,6 +117,13 @@ class LearnedFlow(FlowProvider):
     """A :class:`FlowNetS`; it must sit on the frames' device."""
 
     multiple = 64
+    needs_network = True
+
+    @classmethod
+    def from_config(cls, cfg: FlowConfig, flownet: FlowNetS | None = None) -> LearnedFlow:
+        if flownet is None:
+            raise ValueError("flow provider 'learned' needs a FlowNetS (flownet=...), got None")
+        return cls(flownet)
 
     def __init__(self, flownet: FlowNetS) -> None:
         if not isinstance(flownet, torch.nn.Module):
@@ -116,11 +136,6 @@ class LearnedFlow(FlowProvider):
 
 
 def build_flow(cfg: FlowConfig, flownet: FlowNetS | None = None) -> FlowProvider:
-    """DIS flow (``cfg.provider == 'dis'``) or ``flownet`` wrapped (``'learned'``)."""
-    if cfg.provider == "dis":
-        return DISFlow(cfg.dis_preset)
-    if cfg.provider == "learned":
-        if flownet is None:
-            raise ValueError("flow provider 'learned' needs a FlowNetS (flownet=...), got None")
-        return LearnedFlow(flownet)
-    raise ValueError(f"unknown flow provider {cfg.provider!r}; expected one of: dis, learned")
+    """The provider registered as ``cfg.provider`` (``davss_ros.registry.FLOW_PROVIDERS``):
+    DIS flow, or ``flownet`` wrapped (``learned``)."""
+    return FLOW_PROVIDERS.get(cfg.provider).from_config(cfg, flownet)

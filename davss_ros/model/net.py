@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import ModelConfig
+from ..registry import FLOW_PROVIDERS
 from .cfnet import CFNet
 from .dmnet import DMNet
 from .flow import FlowProvider
@@ -52,12 +53,12 @@ class DavssNet(nn.Module):
 
 def build_davss_net(cfg: ModelConfig) -> DavssNet:
     """All networks of ``cfg`` with fresh weights."""
-    if cfg.flow.provider not in ("dis", "learned"):
-        raise ValueError(f"flow.provider must be dis or learned, got {cfg.flow.provider!r}")
+    FLOW_PROVIDERS.check("flow.provider", cfg.flow.provider)
+    with_flownet = FLOW_PROVIDERS.get(cfg.flow.provider).needs_network
     return DavssNet(
         cfg,
         segmenter=build_segmenter(cfg.segmenter, num_classes=cfg.num_classes),
-        flownet=build_flownet(cfg.flow) if cfg.flow.provider == "learned" else None,
+        flownet=build_flownet(cfg.flow) if with_flownet else None,
         dmnet=DMNet(channels=cfg.dmnet.channels),
         cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
         accel_cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),

@@ -75,7 +75,7 @@ SPECS: dict[str, Spec] = {
         "(warp + correction), davss (warp + distortion-aware correction).", choices=MODES),
     "flow.provider": Spec(
         "dis", "Optical flow between frames: dis (OpenCV DIS, CPU) or learned (FlowNet).",
-        choices=FLOW_PROVIDERS),
+        choices=FLOW_PROVIDERS.names()),
     "flow.dis_preset": Spec(
         "fast", "DIS flow preset when flow.provider is dis.", choices=DIS_PRESETS),
     "schedule.policy": Spec(

@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from davss_ros.config import DavssConfig, _from_dict, load_config
+from davss_ros.registry import DATASETS
 
-DATASET_KINDS = ("synthetic", "cityscapes", "camvid")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("poly", "step_half", "constant")
 DGFL_NORMS = ("mean", "sum_m")
@@ -176,9 +176,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         d = self.dataset
-        if d.kind not in DATASET_KINDS:
-            raise ValueError(f"dataset.kind must be one of {', '.join(DATASET_KINDS)}; "
-                             f"got {d.kind!r}")
+        DATASETS.check("dataset.kind", d.kind)
         if d.generate is not None and d.kind != "synthetic":
             raise ValueError("dataset.generate is for kind synthetic only")
         if d.resize is not None and len(d.resize) != 2:

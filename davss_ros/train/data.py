@@ -23,6 +23,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from davss_ros.classes import IGNORE_ID
+from davss_ros.registry import DATASETS
 
 # ------------------------------------------------------------------------ sources
 
@@ -36,19 +37,8 @@ def open_source(kind: str, root: str | Path, split: str, *, size: tuple[int, int
     a label on every frame, in gtFine_sequence/); ``camvid`` reads each labelled frame with
     the ``max_distance`` video frames before it.
     """
-    root = Path(root)
-    if kind == "camvid":
-        from davss_ros.data.camvid import CamVidSequences
-
-        loader = CamVidSequences(root, split, max_distance=max_distance,
-                                 resize_frames=resize_frames)
-    elif kind in ("cityscapes", "synthetic"):
-        from davss_ros.data.cityscapes import CityscapesSequences
-
-        loader = CityscapesSequences(root, split, snippet_length=snippet_length)
-    else:
-        raise ValueError(f"unknown data set kind {kind!r}; expected synthetic, cityscapes or "
-                         f"camvid")
+    loader = DATASETS.get(kind)(Path(root), split, snippet_length=snippet_length,
+                                max_distance=max_distance, resize_frames=resize_frames)
     return SnippetSource(loader, size=size, cache=cache)
 
 

@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "of the shipped model (plumbing and timing checks); not with "
                         "--checkpoint")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--key-segmenter", default=None, metavar="FILE",
+                        help="key-frame segmenter: an ONNX or TorchScript file with its "
+                        "declaration (sidecar <file>.yaml or metadata); default: the "
+                        "checkpoint's own")
     parser.add_argument("--rate", type=float, default=None, metavar="R",
                         help="replay in real time at R x 30 Hz instead of closed-loop")
     parser.add_argument("--record-images", action="store_true",
@@ -96,6 +100,8 @@ def _run(args: argparse.Namespace) -> int:
     # The network at the frame size when it suits it (multiples of 64), else the model's.
     if args.height % 64 == 0 and args.width % 64 == 0:
         params += [f"input.height:={args.height}", f"input.width:={args.width}"]
+    if args.key_segmenter:
+        params.append(f"model.key_segmenter:={args.key_segmenter}")
     params += list(args.params)
     opts = ReplayOptions(
         bag=bag, out=args.out / "replay", rate=args.rate, record_images=args.record_images,

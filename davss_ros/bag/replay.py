@@ -725,20 +725,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="in-process: model.mode")
     node.add_argument("--params-file", default=None, metavar="YAML",
                       help="in-process: ROS parameters file (config/davss.yaml)")
+    node.add_argument("--key-segmenter", default=None, metavar="FILE",
+                      help="in-process: model.key_segmenter (an ONNX or TorchScript file)")
     node.add_argument("-p", "--param", dest="params", action="append", default=[],
                       metavar="NAME:=VALUE", help="in-process: a parameter override")
 
 
 def options_from_args(args: argparse.Namespace) -> ReplayOptions:
     out = args.out or Path("out") / "replay" / (args.bag.resolve().name or "bag")
-    if args.external and (args.checkpoint or args.mode or args.params_file or args.params):
-        raise ReplayError("--checkpoint, --mode, --params-file and -p configure the "
-                          "in-process node; with --external set them on the running node")
+    if args.external and (args.checkpoint or args.mode or args.params_file or args.params
+                          or args.key_segmenter):
+        raise ReplayError("--checkpoint, --mode, --key-segmenter, --params-file and -p "
+                          "configure the in-process node; with --external set them on the "
+                          "running node")
+    params = list(args.params)
+    if args.key_segmenter:
+        params.append(f"model.key_segmenter:={args.key_segmenter}")
     return ReplayOptions(
         bag=args.bag, out=out, topic=args.topic, labels_topic=args.labels_topic,
         rate=args.rate, record_images=args.record_images, external=args.external,
         namespace=args.namespace, input_topic=args.input_topic, checkpoint=args.checkpoint,
-        mode=args.mode, params_file=args.params_file, params=list(args.params),
+        mode=args.mode, params_file=args.params_file, params=params,
         max_frames=args.max_frames, timeout=args.timeout, overwrite=args.overwrite,
         json_path=args.json, progress=not args.no_progress, plots=not args.no_plots)
 

@@ -43,6 +43,10 @@ from .pda import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint to evaluate (default: the one shipped with davss_ros)")
+    parser.add_argument("--key-segmenter", type=Path, default=None, metavar="FILE",
+                        help="key-frame segmenter: an ONNX or TorchScript file with its "
+                        "declaration (sidecar <file>.yaml or metadata); default: the "
+                        "checkpoint's own")
     parser.add_argument("--untrained", action="store_true",
                         help="evaluate untrained weights of --config (tests, plumbing checks)")
     parser.add_argument("--config", default=None,
@@ -106,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if len(dataset) == 0:
             raise ValueError(f"no annotated snippets in {args.root} split {args.split!r}")
         segmenters = build_segmenters(checkpoint, modes, input_size=input_size,
+                                      key_segmenter=args.key_segmenter,
                                       device=args.device)
     except (CheckpointError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"davss eval: error: {exc}", file=sys.stderr)
@@ -225,7 +230,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"no clips in {args.root} split {args.split!r}")
         # iter_clips checks --clips and --frames at once, before any frame is read
         clips = se.iter_clips(dataset, clips=args.clips, frames=args.frames)
-        segmenter = se.build_segmenter(checkpoint, input_size=input_size, device=args.device)
+        segmenter = se.build_segmenter(checkpoint, input_size=input_size,
+                                       key_segmenter=args.key_segmenter, device=args.device)
         base = segmenter.config.schedule
         if args.max_interval is not None:
             base = replace(base, max_interval=args.max_interval)

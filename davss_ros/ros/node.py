@@ -713,6 +713,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="PT",
                         help="sets model.checkpoint (default: the shipped model; "
                         "'untrained' for random weights)")
+    parser.add_argument("--key-segmenter", metavar="FILE",
+                        help="sets model.key_segmenter: an ONNX or TorchScript key-frame "
+                        "segmenter (default: the checkpoint's own)")
     parser.add_argument("--no-autostart", action="store_true",
                         help="stay unconfigured; wait for lifecycle transition requests")
     parser.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
@@ -732,6 +735,8 @@ def ros_arguments(args: argparse.Namespace) -> list[str]:
         ros += ["-r", f"__ns:={ns}"]
     if args.checkpoint:
         ros += ["-p", f"model.checkpoint:='{args.checkpoint}'"]
+    if getattr(args, "key_segmenter", None):
+        ros += ["-p", f"model.key_segmenter:='{args.key_segmenter}'"]
     if args.no_autostart:
         ros += ["-p", "autostart:=false"]
     ros += list(args.ros_args or [])

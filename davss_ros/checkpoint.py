@@ -167,6 +167,25 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def key_segmenter_reference(path: str | Path, *, checkpoint_path: str | Path | None = None,
+                            num_classes: int | None = None) -> dict[str, Any]:
+    """The ``meta['key_segmenter']`` record by which a checkpoint names the external key
+    segmenter it was made for (``VideoSegmenter`` loads it when no other is given): the
+    file's path (relative to the checkpoint's folder when ``checkpoint_path`` is given and
+    the file lies beside or below it) and SHA-256, so that a replaced file is refused."""
+    path = Path(path)
+    text = str(path)
+    if checkpoint_path is not None:
+        try:
+            text = str(path.resolve().relative_to(Path(checkpoint_path).resolve().parent))
+        except ValueError:
+            text = str(path.resolve())
+    ref: dict[str, Any] = {"path": text, "sha256": file_sha256(path)}
+    if num_classes is not None:
+        ref["num_classes"] = int(num_classes)
+    return ref
+
+
 def describe_origin(meta: dict[str, Any]) -> str:
     """One line on where a checkpoint's weights come from, from its meta (for logs)."""
     if meta.get("untrained"):

@@ -372,3 +372,29 @@ def test_a_fixed_propagation_distance_from_python():
         seg.reset("start")
         distances = [seg.step(shifted(base, start + d)).propagation_distance for d in range(6)]
         assert distances == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_checkpoint_names_its_external_key_segmenter_and_refuses_a_replaced_one(tmp_path):
+    from davss_ros.checkpoint import key_segmenter_reference, save_checkpoint
+    from davss_ros.model import build_davss_net
+    from davss_ros.segmenters import KeySegmenterError
+
+    key_file = tmp_path / "colour.ts"
+    torch.jit.script(_ColourSegmenter(0)).save(str(key_file))
+    (tmp_path / "colour.ts.yaml").write_text("class_names: [red, green, blue]\n")
+    cfg = load_config({"model": {"num_classes": 3, "input_height": H, "input_width": W,
+                                 "mode": "per_frame"}})
+    ck = save_checkpoint(tmp_path / "adapted.pt", config=cfg,
+                         state_dict=build_davss_net(cfg.model).state_dict(),
+                         meta={"key_segmenter": key_segmenter_reference(
+                             key_file, checkpoint_path=tmp_path / "adapted.pt")})
+    seg = VideoSegmenter.from_checkpoint(ck, device="cpu")
+    assert seg.key_segmenter.kind == "torchscript" and seg.class_names == ["red", "green", "blue"]
+    r = seg.step(_colour_image(H, W))
+    assert (r.labels[:, 5] == 0).all() and (r.labels[:, -5] == 2).all()
+    torch.jit.script(_ColourSegmenter(1)).save(str(key_file))  # another network, same name
+    with pytest.raises(KeySegmenterError, match="sha256"):
+        VideoSegmenter.from_checkpoint(ck, device="cpu")
+    key_file.unlink()
+    with pytest.raises(KeySegmenterError, match="does not exist"):
+        VideoSegmenter.from_checkpoint(ck, device="cpu")

@@ -1,4 +1,4 @@
-"""sensor_msgs/Image <-> numpy conversion (davss_ros/ros/image.py)."""
+"""sensor_msgs/Image and CompressedImage <-> numpy (davss_ros/ros/image.py)."""
 
 import array
 
@@ -10,6 +10,7 @@ pytest.importorskip("rclpy", reason="the ROS 2 Python client library is not inst
 from sensor_msgs.msg import Image  # noqa: E402
 
 from davss_ros.ros.image import (  # noqa: E402
+    ImageError,
     image_to_numpy,
     image_to_rgb,
     new_image,
@@ -123,3 +124,64 @@ def test_encoder_checks_shape_and_dtype():
         numpy_to_image(np.zeros((2, 2), np.uint8), "rgb8")
     with pytest.raises(ValueError, match="dtype float32"):
         numpy_to_image(np.zeros((2, 2), np.uint8), "32FC1")
+
+
+# ---------------------------------------------------------------- CompressedImage
+
+
+def _scene(h=48, w=64):
+    rng = np.random.default_rng(5)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 2] = (200, 40, 10)
+    img[:, w // 2:] = (10, 60, 220)
+    img[h // 2:] += rng.integers(0, 20, (h - h // 2, w, 3), dtype=np.uint8)
+    return img
+
+
+def test_png_round_trip_is_exact_for_colour_and_mono():
+    from davss_ros.ros.image import compressed_to_rgb, rgb_to_compressed
+
+    rgb = _scene()
+    msg = rgb_to_compressed(rgb, "png")
+    assert msg.format == "rgb8; png compressed bgr8"
+    np.testing.assert_array_equal(compressed_to_rgb(msg), rgb)
+    mono = rgb[:, :, 1].copy()
+    msg = rgb_to_compressed(mono, "png")
+    assert msg.format.startswith("mono8")
+    np.testing.assert_array_equal(compressed_to_rgb(msg), np.repeat(mono[:, :, None], 3, 2))
+
+
+def test_jpeg_keeps_the_colours_in_rgb_order():
+    from davss_ros.ros.image import compressed_to_rgb, rgb_to_compressed
+
+    rgb = _scene()
+    out = compressed_to_rgb(rgb_to_compressed(rgb, "jpeg", quality=95))
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    # away from the colour edge, within JPEG's error: red stays red, blue stays blue
+    assert np.abs(out[:, :20].astype(int) - rgb[:, :20]).max() < 20
+    assert np.abs(out[:, -20:].astype(int) - rgb[:, -20:]).max() < 20
+
+
+def test_a_format_string_without_a_kind_is_told_from_the_data():
+    from davss_ros.ros.image import compressed_kind, rgb_to_compressed
+
+    msg = rgb_to_compressed(_scene(), "jpeg")
+    msg.format = ""
+    assert compressed_kind(msg) == "jpeg"
+    msg.format = "theora"
+    with pytest.raises(ImageError) as err:
+        compressed_kind(msg)
+    assert err.value.kind == "encoding"
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_truncated_or_corrupt_compressed_data_is_refused(kind):
+    from davss_ros.ros.image import compressed_to_rgb, rgb_to_compressed
+
+    msg = rgb_to_compressed(_scene(), kind)
+    whole = bytes(msg.data)
+    for data in (whole[: len(whole) * 2 // 3], whole[:4] + bytes(len(whole) - 4), b""):
+        msg.data = array.array("B", data)
+        with pytest.raises(ImageError) as err:
+            compressed_to_rgb(msg)
+        assert err.value.kind in ("corrupt", "empty")

@@ -1,4 +1,4 @@
-"""sensor_msgs/Image <-> numpy without cv_bridge.
+"""sensor_msgs/Image (and CompressedImage) <-> numpy without cv_bridge.
 
 cv_bridge is not installable everywhere davss_ros runs (no ROS 2 build of it on PyPI, and
 the PyPI ``cv-bridge`` shim is broken with numpy 2), and it copies anyway. The few
@@ -18,8 +18,9 @@ from __future__ import annotations
 import array
 import sys
 
+import cv2
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 # encoding -> (channels, dtype) of the encodings this module reads or writes.
 ENCODINGS: dict[str, tuple[int, np.dtype]] = {
@@ -41,7 +42,8 @@ class ImageError(ValueError):
 
     Kinds: ``encoding`` (unsupported encoding), ``empty`` (zero width or height), ``step``
     (a row stride shorter than a row, or not a multiple of the pixel size), ``data_length``
-    (data is not step x height bytes).
+    (data is not step x height bytes), ``corrupt`` (compressed data that does not decode
+    whole).
     """
 
     def __init__(self, kind: str, message: str) -> None:
@@ -149,4 +151,83 @@ def numpy_to_image(pixels: np.ndarray, encoding: str, header=None) -> Image:
         raise ValueError(f"{encoding} needs dtype {dtype}, got {pixels.dtype}")
     msg, view = new_image(pixels.shape[0], pixels.shape[1], encoding, header)
     np.copyto(view, pixels)
+    return msg
+
+
+# -- sensor_msgs/CompressedImage (the image_transport "compressed" plugin's messages) ----
+
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def compressed_kind(msg: CompressedImage) -> str:
+    """``jpeg`` or ``png`` from the message's ``format`` (image_transport writes e.g.
+    "bgr8; jpeg compressed bgr8", "mono8; png compressed mono8", or just "jpeg"); an empty
+    format is told from the data's signature."""
+    fmt = (msg.format or "").lower()
+    if "jpeg" in fmt or "jpg" in fmt:
+        return "jpeg"
+    if "png" in fmt:
+        return "png"
+    if not fmt:
+        head = bytes(msg.data[:8])
+        if head.startswith(_JPEG_START):
+            return "jpeg"
+        if head.startswith(_PNG_START):
+            return "png"
+    raise ImageError("encoding", f"unsupported compressed format {msg.format!r}; expected "
+                     "jpeg or png (image_transport 'compressed')")
+
+
+def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """HxWx3 uint8 RGB decoded by OpenCV from a JPEG or PNG CompressedImage (colour or
+    mono). Truncated or corrupt data raises :class:`ImageError` (kind ``corrupt``):
+    OpenCV itself decodes a truncated JPEG to a partly grey image without an error, so the
+    end-of-image marker (JPEG) or IEND chunk (PNG) is checked first."""
+    kind = compressed_kind(msg)
+    data = bytes(msg.data)
+    if not data:
+        raise ImageError("empty", f"empty {kind} CompressedImage")
+    start, end = (_JPEG_START, _JPEG_END) if kind == "jpeg" else (_PNG_START, _PNG_END)
+    # JPEG may carry padding after its end marker; a missing marker means a cut stream.
+    if not data.startswith(start) or end not in data[-64:]:
+        raise ImageError("corrupt", f"{kind} CompressedImage of {len(data)} bytes is "
+                         "truncated or corrupt (no image start or end marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageError("corrupt", f"{kind} CompressedImage of {len(data)} bytes does not "
+                         "decode")
+    if image.dtype != np.uint8:
+        raise ImageError("encoding", f"{kind} CompressedImage decodes to {image.dtype}; "
+                         "expected 8-bit colour or mono")
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    # OpenCV hands back what the encoder was given as BGR; image_transport encodes colour
+    # images as bgr8 unless the format says the compressed data is rgb8.
+    if "compressed rgb" in (msg.format or "").lower():
+        return np.ascontiguousarray(image)
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def rgb_to_compressed(rgb: np.ndarray, kind: str = "jpeg", *, quality: int = 90,
+                      header=None) -> CompressedImage:
+    """A CompressedImage of an HxWx3 RGB (or HxW mono) uint8 array, with the format string
+    image_transport's compressed plugin writes ("rgb8; jpeg compressed bgr8")."""
+    if kind not in ("jpeg", "png"):
+        raise ValueError(f"kind must be jpeg or png, got {kind!r}")
+    mono = rgb.ndim == 2
+    pixels = rgb if mono else np.ascontiguousarray(rgb[:, :, ::-1])
+    params = ([cv2.IMWRITE_JPEG_QUALITY, int(quality)] if kind == "jpeg"
+              else [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, buf = cv2.imencode(".jpg" if kind == "jpeg" else ".png", pixels, params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {rgb.shape} image as {kind}")
+    msg = CompressedImage()
+    if header is not None:
+        msg.header = header
+    enc = "mono8" if mono else "bgr8"
+    msg.format = f"{'mono8' if mono else 'rgb8'}; {kind} compressed {enc}"
+    msg.data = array.array("B", buf.tobytes())
     return msg

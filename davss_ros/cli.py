@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                "checked against its source"),
     "soak": ("davss_ros.ros.soak", "run the node for minutes under a camera stream: memory, "
              "latency drift, frame accounting"),
+    "import-authors": ("davss_ros.importers.authors", "the DAVSS authors' model as a checkpoint"),
 }
 
 

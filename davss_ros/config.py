@@ -41,6 +41,12 @@ class SegmenterConfig:
     low_level_channels: int = 48
     width_mult: float = 1.0
     dropout: float = 0.1
+    # Compatibility with the DAVSS authors' weights (davss import-authors sets them): TF
+    # DeepLab's BatchNorm eps in the backbone and the 48-channel low-level projection, and
+    # align_corners in the decoder's upsampling of the ASPP output.
+    backbone_bn_eps: float = 1e-5
+    low_level_bn_eps: float = 1e-5
+    decoder_align_corners: bool = False
 
 
 @dataclass
@@ -64,6 +70,8 @@ class DMNetConfig:
     """Distortion-map network (siamese separable convs)."""
 
     channels: tuple[int, int, int] = (4, 8, 16)
+    # BatchNorm + ReLU after each separable conv, as in the DAVSS authors' DMNet.
+    extra_bn_relu: bool = False
 
 
 @dataclass
@@ -149,6 +157,10 @@ class DavssConfig:
                             ("model.flow.width", m.flow.width)):
             if not 0.0 < value <= 4.0:
                 raise ValueError(f"{name} must be in (0, 4], got {value}")
+        for name, value in (("model.segmenter.backbone_bn_eps", m.segmenter.backbone_bn_eps),
+                            ("model.segmenter.low_level_bn_eps", m.segmenter.low_level_bn_eps)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
 def preset(name: str) -> DavssConfig:

@@ -27,8 +27,8 @@ def make_divisible(value: float, divisor: int = 8, *, min_value: int | None = No
 
 
 class Interpolate(nn.Module):
-    """Bilinear resize (``align_corners=False``) to a fixed size, a scale factor, or the size
-    given to ``forward``.
+    """Bilinear resize (``align_corners=False`` unless told otherwise) to a fixed size, a
+    scale factor, or the size given to ``forward``.
 
     A size passed to ``forward`` wins over the one given at construction, which lets one module
     serve inputs of any resolution (e.g. upsampling to the size of a skip connection).
@@ -39,6 +39,7 @@ class Interpolate(nn.Module):
         size: int | Sequence[int] | None = None,
         *,
         scale_factor: float | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         if size is not None and scale_factor is not None:
@@ -50,6 +51,7 @@ class Interpolate(nn.Module):
             raise ValueError(f"scale_factor must be > 0, got {scale_factor!r}")
         self.size = None if size is None else _pair(size)
         self.scale_factor = scale_factor
+        self.align_corners = bool(align_corners)
 
     def forward(self, x: torch.Tensor, size: int | Sequence[int] | None = None) -> torch.Tensor:
         if x.dim() != 4:
@@ -59,17 +61,19 @@ class Interpolate(nn.Module):
         if target is not None:
             if tuple(x.shape[-2:]) == target:
                 return x
-            return F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+            return F.interpolate(x, size=target, mode="bilinear",
+                                 align_corners=self.align_corners)
         if self.scale_factor is None:
             raise ValueError("Interpolate was built without size or scale_factor; pass a size "
                              "to forward")
         return F.interpolate(x, scale_factor=self.scale_factor, mode="bilinear",
-                             align_corners=False)
+                             align_corners=self.align_corners)
 
     def extra_repr(self) -> str:
+        corners = ", align_corners=True" if self.align_corners else ""
         if self.size is not None:
-            return f"size={self.size}"
-        return f"scale_factor={self.scale_factor}"
+            return f"size={self.size}{corners}"
+        return f"scale_factor={self.scale_factor}{corners}"
 
 
 class ConvBNAct(nn.Sequential):
@@ -131,6 +135,16 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def set_batchnorm_eps(module: nn.Module, eps: float) -> nn.Module:
+    """Set ``eps`` of every BatchNorm2d in ``module`` (in place); returns ``module``."""
+    if not eps > 0:
+        raise ValueError(f"BatchNorm eps must be > 0, got {eps!r}")
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = float(eps)
+    return module
 
 
 @torch.no_grad()

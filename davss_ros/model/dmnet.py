@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..config import DMNetConfig
 from .common import SeparableConv2d, init_weights
 
 
@@ -17,9 +18,13 @@ class DMNet(nn.Module):
     ``forward(warped_image, current_image)`` takes two N x 3 x h x w images in [0, 1] (at 1/4
     of the input resolution in DAVSS) and returns the distortion_map
     ``M = clamp((1 - cos) / 2, 0, 1)``, N x 1 x h x w: 0 where the features agree.
+
+    ``extra_bn_relu`` adds a BatchNorm + ReLU after each separable conv, as the DAVSS
+    authors' DMNet has (their weights need it).
     """
 
-    def __init__(self, *, channels: Sequence[int] = (4, 8, 16), eps: float = 1e-6) -> None:
+    def __init__(self, *, channels: Sequence[int] = (4, 8, 16), eps: float = 1e-6,
+                 extra_bn_relu: bool = False) -> None:
         super().__init__()
         if len(channels) < 1 or any(int(c) < 1 for c in channels):
             raise ValueError(f"channels must be positive channel counts, got {channels!r}")
@@ -27,6 +32,8 @@ class DMNet(nn.Module):
         c_in = 3
         for c in channels:
             layers.append(SeparableConv2d(c_in, int(c), 3))
+            if extra_bn_relu:
+                layers += [nn.BatchNorm2d(int(c)), nn.ReLU()]
             c_in = int(c)
         layers.append(nn.Conv2d(c_in, c_in, 1))
         self.features = nn.Sequential(*layers)
@@ -58,5 +65,7 @@ class DMNet(nn.Module):
         return ((1.0 - cos) * 0.5).clamp(0.0, 1.0)
 
 
-def build_dmnet(channels: Sequence[int] = (4, 8, 16)) -> DMNet:
-    return DMNet(channels=channels)
+def build_dmnet(cfg: DMNetConfig | None = None) -> DMNet:
+    """DMNet from a :class:`DMNetConfig` (None: the defaults)."""
+    cfg = cfg if cfg is not None else DMNetConfig()
+    return DMNet(channels=cfg.channels, extra_bn_relu=cfg.extra_bn_relu)

@@ -9,7 +9,14 @@ from torch import nn
 
 from ..config import SegmenterConfig
 from .backbones import build_backbone
-from .common import ConvBNAct, Interpolate, SeparableConv2d, check_image, init_weights
+from .common import (
+    ConvBNAct,
+    Interpolate,
+    SeparableConv2d,
+    check_image,
+    init_weights,
+    set_batchnorm_eps,
+)
 
 
 class ASPPPooling(nn.Module):
@@ -52,13 +59,18 @@ class ASPP(nn.Module):
 
 class DeepLabV3PlusDecoder(nn.Module):
     """Projects the low-level features to ``low_level_channels``, concatenates them with the
-    upsampled ASPP output, refines with two separable 3x3 convs and classifies (1x1)."""
+    upsampled ASPP output, refines with two separable 3x3 convs and classifies (1x1).
+
+    ``align_corners`` is that of the ASPP output's bilinear upsampling (the DAVSS authors'
+    DeepLabv3+ uses True).
+    """
 
     def __init__(self, in_channels: int, low_level_in_channels: int, num_classes: int, *,
-                 low_level_channels: int = 48, channels: int = 256) -> None:
+                 low_level_channels: int = 48, channels: int = 256,
+                 align_corners: bool = False) -> None:
         super().__init__()
         self.low_level_project = ConvBNAct(low_level_in_channels, low_level_channels, 1)
-        self.upsample = Interpolate()
+        self.upsample = Interpolate(align_corners=align_corners)
         self.refine = nn.Sequential(
             SeparableConv2d(in_channels + low_level_channels, channels, 3),
             SeparableConv2d(channels, channels, 3),
@@ -102,7 +114,12 @@ def build_segmenter(cfg: SegmenterConfig, *, num_classes: int) -> DeepLabV3Plus:
                 dropout=cfg.dropout)
     decoder = DeepLabV3PlusDecoder(cfg.aspp_channels, backbone.low_level_channels, num_classes,
                                    low_level_channels=cfg.low_level_channels,
-                                   channels=cfg.decoder_channels)
+                                   channels=cfg.decoder_channels,
+                                   align_corners=cfg.decoder_align_corners)
     init_weights(aspp)
     init_weights(decoder)
+    # The DAVSS authors' DeepLabv3+ keeps TF DeepLab's BatchNorm eps (1e-3) in the backbone
+    # and the low-level projection; the defaults are torch's 1e-5.
+    set_batchnorm_eps(backbone, cfg.backbone_bn_eps)
+    set_batchnorm_eps(decoder.low_level_project, cfg.low_level_bn_eps)
     return DeepLabV3Plus(backbone, aspp, decoder)

@@ -59,7 +59,7 @@ def build_davss_net(cfg: ModelConfig) -> DavssNet:
         cfg,
         segmenter=build_segmenter(cfg.segmenter, num_classes=cfg.num_classes),
         flownet=build_flownet(cfg.flow) if with_flownet else None,
-        dmnet=DMNet(channels=cfg.dmnet.channels),
+        dmnet=DMNet(channels=cfg.dmnet.channels, extra_bn_relu=cfg.dmnet.extra_bn_relu),
         cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
         accel_cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
         accel_fusion=AccelFusion(cfg.num_classes),

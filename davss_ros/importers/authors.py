@@ -46,7 +46,6 @@ from ..checkpoint import file_sha256, save_checkpoint
 from ..classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from ..config import DavssConfig, preset
 from ..model import build_davss_net
-from ..model.dmnet import build_dmnet
 
 AUTHORS_REPOSITORY = "https://github.com/jfzhuang/DAVSS"
 AUTHORS_COMMIT = "5dc785ee1417ade5b82f5e34b34817e3c4492acb"
@@ -82,11 +81,7 @@ def authors_config(*, input_height: int = 1024, input_width: int = 2048) -> Davs
 
 def authors_model_state(cfg: DavssConfig) -> dict[str, torch.Tensor]:
     """A fresh state dict of the model ``cfg`` builds: the tensors an import must fill."""
-    net = build_davss_net(cfg.model)
-    state = {k: v for k, v in net.state_dict().items() if not k.startswith("dmnet.")}
-    # DMNet from its own config section, extra BatchNorm + ReLU included.
-    state.update({f"dmnet.{k}": v for k, v in build_dmnet(cfg.model.dmnet).state_dict().items()})
-    return state
+    return dict(build_davss_net(cfg.model).state_dict())
 
 
 # ----------------------------------------------------------------------------- the mapping

@@ -62,15 +62,20 @@ def bench_frames(height: int, width: int, count: int, seed: int = 0) -> np.ndarr
 
 
 def time_mode(frames: np.ndarray, *, config, mode: str, checkpoint=None, device="auto",
-              key_interval: int = 5, flow: str | None = None, key_segmenter=None) -> dict:
+              key_interval: int = 5, flow: str | None = None, key_segmenter=None,
+              reference: list[np.ndarray] | None = None) -> dict:
+    """Median key / non-key latency of ``mode`` on ``frames``; with ``reference`` labels
+    (another run over the same frames) also the share of equal labels (``agreement``, %).
+    The labels of this run are in ``result['labels']`` (not JSON)."""
     seg = VideoSegmenter.from_checkpoint(
         checkpoint, preset=config, mode=mode, input_size=frames.shape[1:3], flow=flow,
         schedule=ScheduleConfig(policy="fixed", key_interval=key_interval),
         key_segmenter=key_segmenter, device=device)
     seg.warmup()
-    key, nonkey, stages = [], [], {}
+    key, nonkey, stages, labels = [], [], {}, []
     for rgb in frames:
         r = seg.step(rgb)
+        labels.append(r.labels)
         (key if r.is_key else nonkey).append(r.timings_ms["total"])
         kind = "key" if r.is_key else "nonkey"
         for name, ms in r.timings_ms.items():
@@ -79,7 +84,10 @@ def time_mode(frames: np.ndarray, *, config, mode: str, checkpoint=None, device=
     nonkey_ms = statistics.median(nonkey) if nonkey else key_ms
     seg_kind = seg.key_segmenter.kind
     seg.close()
+    agreement = None if reference is None else round(100.0 * float(np.mean(
+        [np.mean(a == b) for a, b in zip(labels, reference, strict=True)])), 3)
     return {
+        "labels": labels, "agreement": agreement,
         "height": int(frames.shape[1]), "width": int(frames.shape[2]), "mode": mode,
         "key": seg_kind,
         "flow": "-" if mode == "per_frame" else seg.config.model.flow.provider,
@@ -119,11 +127,16 @@ def run(args: argparse.Namespace) -> int:
     for h, w in sizes:
         frames = bench_frames(h, w, args.frames, args.seed)
         per_frame_ms = None
+        native_labels: dict[str, list[np.ndarray]] = {}
         for key_file in [None, *args.key_segmenter]:
             for mode in modes:
                 r = time_mode(frames, config=config, mode=mode, checkpoint=args.checkpoint,
                               device=args.device, key_interval=args.key_interval,
-                              flow=args.flow, key_segmenter=key_file)
+                              flow=args.flow, key_segmenter=key_file,
+                              reference=native_labels.get(mode))
+                if key_file is None:
+                    native_labels[mode] = r["labels"]
+                del r["labels"]
                 if mode == "per_frame" and key_file is None:
                     per_frame_ms = r["key_ms"]  # the reference: torch eager, every frame
                 if per_frame_ms:
@@ -132,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
                 results.append(r)
                 print(f"{h:>4}x{w:<4} {mode:>9} {r['key']:>11} {r['flow']:>7} "
                       f"{r['key_ms']:8.1f} {r['nonkey_ms']:8.1f} {r['nonkey_over_key']:6.2f} "
-                      + " ".join(f"{r['mean_ms'][str(d)]:6.1f}" for d in DISTANCES))
+                      + " ".join(f"{r['mean_ms'][str(d)]:6.1f}" for d in DISTANCES)
+                      + (f"  labels = native: {r['agreement']:.2f}%"
+                         if r["agreement"] is not None else ""))
         eager = {r["mode"]: r["key_ms"] for r in results
                  if r["key"] == "native" and (r["height"], r["width"]) == (h, w)}
         for r in results:

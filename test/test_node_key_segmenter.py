@@ -106,3 +106,52 @@ def test_bad_key_segmenter_files_fail_configure_with_one_line_and_the_node_recov
         assert "11 classes" in node._configure_error and "19" in node._configure_error
     finally:
         seg.close()
+
+
+def test_an_exported_key_segmenter_labels_like_the_native_one_in_every_mode(tmp_path):
+    """The native DeepLabv3+ of a checkpoint and its ONNX export, through the node on the
+    same frames, in each mode: (nearly) the same labels."""
+    import torch
+
+    from davss_ros.checkpoint import save_checkpoint
+    from davss_ros.config import load_config
+    from davss_ros.export import export_key_segmenter
+    from davss_ros.model import build_davss_net
+
+    cfg = load_config({"model": {"input_height": H, "input_width": W,
+                                 "segmenter": {"aspp_channels": 16, "decoder_channels": 16}}})
+    torch.manual_seed(5)
+    ck = save_checkpoint(tmp_path / "small.pt", config=cfg,
+                         state_dict=build_davss_net(cfg.model).state_dict())
+    export_key_segmenter(ck, tmp_path / "small.onnx", "onnx", frames=2)
+    domain = _domain_id()
+    probe = Probe(domain)
+    probe.listen("/davss_segmenter/labels", Image)
+    probe.listen("/davss_segmenter/frame_info", FrameInfo)
+    seg = Segmenter(domain, _overrides(**{"model.checkpoint": str(ck)}))
+    frames = [frame(i) for i in range(6)]
+    try:
+        node = seg.node
+        for mode in ("per_frame", "dff", "accel", "davss"):
+            labels = {}
+            for key in ("", str(tmp_path / "small.onnx")):
+                node.set_parameters([Parameter("model.mode", value=mode),
+                                     Parameter("model.key_segmenter", value=key)])
+                assert node.trigger_configure() == SUCCESS, node._configure_error
+                assert node.trigger_activate() == SUCCESS
+                probe.wait_matched(["/image"], ["/davss_segmenter/labels",
+                                                "/davss_segmenter/frame_info"])
+                probe.clear()
+                send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", frames)
+                assert probe.wait(
+                    lambda: len(probe.messages("/davss_segmenter/labels")) >= len(frames))
+                labels[key or "native"] = np.stack([
+                    np.frombuffer(bytes(m.data), np.uint8)
+                    for m in probe.messages("/davss_segmenter/labels")[:len(frames)]])
+                assert node.trigger_deactivate() == SUCCESS
+                assert node.trigger_cleanup() == SUCCESS
+            a, b = labels.values()
+            assert (a == b).mean() >= 0.995, mode
+    finally:
+        seg.close()
+        probe.close()

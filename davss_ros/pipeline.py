@@ -37,6 +37,7 @@ from .registry import FLOW_PROVIDERS
 from .resize import RESIZE_POLICIES, Framing
 from .schedule import KeyFrameScheduler, photometric_error
 from .segmenters import KeySegmenter, KeySegmenterError, NativeSegmenter, SegmenterInfo
+from .threads import set_threads
 
 STAGES = ("flow", "warp", "dmnet", "cfnet", "fuse", "segmenter", "total")
 # Smallest image side ``step`` accepts (the 1/4-resolution state needs at least one pixel).
@@ -126,6 +127,8 @@ class VideoSegmenter:
             the network input size unless the configuration names another (an error).
         resize: how images of another aspect ratio reach the network input: ``letterbox``
             (default), ``stretch`` or ``crop`` (see ``davss_ros.resize``).
+        threads: CPU threads of torch, OpenCV and onnxruntime for this process (0 = the
+            default for a shared machine, ``davss_ros.threads``); None = leave as they are.
         max_stamp_gap: seconds; a stamp jumping forward by more than this between two
             consecutive frames (a camera pause, frames lost, a bag skipping ahead) clears the
             propagated state and forces a key frame ('stamp_jump'). None or 0 = never.
@@ -139,8 +142,10 @@ class VideoSegmenter:
                  checkpoint: str | Path | Checkpoint | None = None,
                  device: str | torch.device = "auto", *,
                  key_segmenter: KeySegmenter | str | Path | None = None,
-                 resize: str = DEFAULT_RESIZE,
+                 resize: str = DEFAULT_RESIZE, threads: int | None = None,
                  max_stamp_gap: float | None = None, keep_parts: bool = False) -> None:
+        if threads is not None:
+            set_threads(threads)
         if resize not in RESIZE_POLICIES:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got "
                              f"{resize!r}")
@@ -203,6 +208,7 @@ class VideoSegmenter:
                         schedule: ScheduleConfig | dict | None = None,
                         key_segmenter: KeySegmenter | str | Path | None = None,
                         resize: str = DEFAULT_RESIZE, device: str | torch.device = "auto",
+                        threads: int | None = None,
                         preset: str | DavssConfig = "cpu",
                         max_stamp_gap: float | None = None,
                         keep_parts: bool = False) -> VideoSegmenter:
@@ -237,7 +243,7 @@ class VideoSegmenter:
         else:
             config = over or None
         return cls(config, checkpoint, device, key_segmenter=key_segmenter, resize=resize,
-                   max_stamp_gap=max_stamp_gap, keep_parts=keep_parts)
+                   threads=threads, max_stamp_gap=max_stamp_gap, keep_parts=keep_parts)
 
     # -- public --------------------------------------------------------------------------
     @property

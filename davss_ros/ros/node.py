@@ -291,7 +291,7 @@ class SegmenterNode(LifecycleNode):
             checkpoint, preset=s.config, mode=s.mode, input_size=size, flow=s.flow_provider,
             dis_preset=s.dis_preset, schedule=s.schedule,
             key_segmenter=s.key_segmenter or None, resize=s.resize, device=s.device,
-            max_stamp_gap=s.max_stamp_gap or None)
+            threads=s.threads, max_stamp_gap=s.max_stamp_gap or None)
         try:
             seg.warmup()
         except Exception:

@@ -70,6 +70,10 @@ SPECS: dict[str, Spec] = {
         "with model.checkpoint 'untrained' the non-key networks take its classes."),
     "model.device": Spec(
         "auto", "Torch device: auto (CUDA when available), cpu, cuda or cuda:N."),
+    "model.threads": Spec(
+        0, "CPU threads of the networks (torch, OpenCV, onnxruntime). 0: half the cores, at "
+        "most 4, which holds up when other processes share the CPU; all cores of a busy "
+        "machine slow every frame down many times over.", int_range=(0, 64, 1)),
     "model.mode": Spec(
         "davss", "Pipeline mode: per_frame (segment every frame), dff (warp only), accel "
         "(warp + correction), davss (warp + distortion-aware correction).", choices=MODES),
@@ -205,6 +209,7 @@ class NodeParams:
     config: str
     key_segmenter: str
     device: str
+    threads: int
     mode: str
     flow_provider: str
     dis_preset: str
@@ -235,6 +240,7 @@ def read(node: Node) -> NodeParams:
         config=values["model.config"],
         key_segmenter=values["model.key_segmenter"].strip(),
         device=values["model.device"],
+        threads=values["model.threads"],
         mode=values["model.mode"],
         flow_provider=values["flow.provider"],
         dis_preset=values["flow.dis_preset"],

@@ -17,6 +17,9 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ import torch
 
 from .config import MODES, ScheduleConfig, load_config
 from .pipeline import VideoSegmenter
+from .threads import available_cores, set_threads
 
 DISTANCES = tuple(range(1, 10))
 
@@ -45,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fixed key interval while timing (default: %(default)s)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0 = torch's default)")
+                        help="CPU threads of torch, OpenCV and onnxruntime (0 = half the "
+                        "cores, at most 4: davss_ros.threads)")
+    parser.add_argument("--hog", type=int, default=0, metavar="N",
+                        help="also time every native-key mode with N busy processes beside "
+                        "the benchmark, and print the slowdown against quiet (same frames, "
+                        "same run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--node", action="store_true",
@@ -100,13 +109,58 @@ def time_mode(frames: np.ndarray, *, config, mode: str, checkpoint=None, device=
     }
 
 
+class Hogs:
+    """N busy-looping processes (a neighbour that takes CPU), started and stopped here."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Hogs:
+        for _ in range(self.count):
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-c", "while True: pass"], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
+        time.sleep(0.5)  # let them reach their loop
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def _hog_pass(args: argparse.Namespace, config, modes: list[str],
+              sizes: list[tuple[int, int]], quiet: list[dict]) -> list[dict]:
+    """Every native-key mode again with ``args.hog`` busy processes; slowdowns printed."""
+    out = []
+    print(f"\nwith {args.hog} busy processes beside it (same frames; slowdown = hogged / "
+          f"quiet):")
+    print(f"{'size':>9} {'mode':>9} {'key_ms':>8} {'nonkey':>8} {'D=5':>7} {'slowdown':>9}")
+    for h, w in sizes:
+        frames = bench_frames(h, w, args.frames, args.seed)
+        for mode in modes:
+            ref = next(r for r in quiet if r["key"] == "native" and r["mode"] == mode
+                       and (r["height"], r["width"]) == (h, w))
+            with Hogs(args.hog):
+                r = time_mode(frames, config=config, mode=mode, checkpoint=args.checkpoint,
+                              device=args.device, key_interval=args.key_interval,
+                              flow=args.flow)
+            del r["labels"]
+            r["slowdown_d5"] = round(r["mean_ms"]["5"] / ref["mean_ms"]["5"], 3)
+            out.append(r)
+            print(f"{h:>4}x{w:<4} {mode:>9} {r['key_ms']:8.1f} {r['nonkey_ms']:8.1f} "
+                  f"{r['mean_ms']['5']:7.1f} {r['slowdown_d5']:8.2f}x")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     if args.node:
         from .ros.node_bench import main_from_args
 
         return main_from_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     config = load_config(args.config)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -117,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         h, w = (int(v) for v in item.lower().split("x"))
         sizes.append((h, w))
     results = []
-    print(f"davss bench: {torch.get_num_threads()} torch threads, device {args.device}, "
+    print(f"davss bench: {threads} threads ({available_cores()} cores), device {args.device}, "
           f"{args.frames} frames per mode, key interval {args.key_interval}, "
           f"{'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'untrained weights'}")
     header = (f"{'size':>9} {'mode':>9} {'key':>11} {'flow':>7} {'key_ms':>8} {'nonkey':>8} "
@@ -162,13 +216,17 @@ def run(args: argparse.Namespace) -> int:
         if "key_over_native" in r:
             print(f"{r['height']}x{r['width']} {r['mode']}: {r['key']} key frame / native "
                   f"(torch eager) {r['key_over_native']:.2f}")
+    hogged = []
+    if args.hog:
+        hogged = _hog_pass(args, config, modes, sizes, results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"machine": {"cpu": platform.processor() or platform.machine(),
                                "torch_threads": torch.get_num_threads(),
                                "torch": torch.__version__, "device": args.device},
                    "config": args.config, "frames": args.frames,
-                   "key_interval": args.key_interval, "results": results}
+                   "key_interval": args.key_interval, "results": results,
+                   "hog": {"processes": args.hog, "results": hogged} if args.hog else None}
         args.json.write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
     return 0

@@ -72,10 +72,10 @@ def bench_frames(height: int, width: int, count: int, seed: int = 0) -> np.ndarr
 
 def time_mode(frames: np.ndarray, *, config, mode: str, checkpoint=None, device="auto",
               key_interval: int = 5, flow: str | None = None, key_segmenter=None,
-              reference: list[np.ndarray] | None = None) -> dict:
+              reference: list[np.ndarray] | None = None, keep_labels: bool = False) -> dict:
     """Median key / non-key latency of ``mode`` on ``frames``; with ``reference`` labels
     (another run over the same frames) also the share of equal labels (``agreement``, %).
-    The labels of this run are in ``result['labels']`` (not JSON)."""
+    ``keep_labels``: this run's labels in ``result['labels']`` (not JSON)."""
     seg = VideoSegmenter.from_checkpoint(
         checkpoint, preset=config, mode=mode, input_size=frames.shape[1:3], flow=flow,
         schedule=ScheduleConfig(policy="fixed", key_interval=key_interval),
@@ -95,8 +95,8 @@ def time_mode(frames: np.ndarray, *, config, mode: str, checkpoint=None, device=
     seg.close()
     agreement = None if reference is None else round(100.0 * float(np.mean(
         [np.mean(a == b) for a, b in zip(labels, reference, strict=True)])), 3)
-    return {
-        "labels": labels, "agreement": agreement,
+    out = {
+        "agreement": agreement,
         "height": int(frames.shape[1]), "width": int(frames.shape[2]), "mode": mode,
         "key": seg_kind,
         "flow": "-" if mode == "per_frame" else seg.config.model.flow.provider,
@@ -107,6 +107,9 @@ def time_mode(frames: np.ndarray, *, config, mode: str, checkpoint=None, device=
         "stages_median_ms": {kind: {k: round(statistics.median(v), 3) for k, v in st.items()}
                              for kind, st in stages.items()},
     }
+    if keep_labels:
+        out["labels"] = labels
+    return out
 
 
 class Hogs:
@@ -147,7 +150,6 @@ def _hog_pass(args: argparse.Namespace, config, modes: list[str],
                 r = time_mode(frames, config=config, mode=mode, checkpoint=args.checkpoint,
                               device=args.device, key_interval=args.key_interval,
                               flow=args.flow)
-            del r["labels"]
             r["slowdown_d5"] = round(r["mean_ms"]["5"] / ref["mean_ms"]["5"], 3)
             out.append(r)
             print(f"{h:>4}x{w:<4} {mode:>9} {r['key_ms']:8.1f} {r['nonkey_ms']:8.1f} "
@@ -187,10 +189,10 @@ def run(args: argparse.Namespace) -> int:
                 r = time_mode(frames, config=config, mode=mode, checkpoint=args.checkpoint,
                               device=args.device, key_interval=args.key_interval,
                               flow=args.flow, key_segmenter=key_file,
-                              reference=native_labels.get(mode))
-                if key_file is None:
-                    native_labels[mode] = r["labels"]
-                del r["labels"]
+                              reference=native_labels.get(mode),
+                              keep_labels=key_file is None and bool(args.key_segmenter))
+                if "labels" in r:
+                    native_labels[mode] = r.pop("labels")
                 if mode == "per_frame" and key_file is None:
                     per_frame_ms = r["key_ms"]  # the reference: torch eager, every frame
                 if per_frame_ms:

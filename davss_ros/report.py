@@ -63,6 +63,7 @@ class ReportSpec:
     checkpoint: str
     train_config: str = ""
     trained: str = ""  # the training run's final.pt that ``checkpoint`` was exported from
+    key_segmenter: str = ""  # an ONNX / TorchScript key segmenter for the main modes
     ablations: list = field(default_factory=list)
     distances: list = field(default_factory=lambda: list(range(1, 10)))
     schedule: ScheduleSweep = field(default_factory=ScheduleSweep)
@@ -91,6 +92,7 @@ def load_spec(path: str | Path) -> ReportSpec:
             split=str(ds.get("split", "test")), checkpoint=str(model["checkpoint"]),
             train_config=str(model.get("train_config", "")),
             trained=str(model.get("trained", "")),
+            key_segmenter=str(model.get("key_segmenter", "")),
             ablations=[Ablation(**a) for a in data.get("ablations") or []],
             distances=[int(d) for d in data.get("distances", range(1, 10))],
             schedule=ScheduleSweep(**(data.get("schedule") or {})),
@@ -147,10 +149,12 @@ def training_info(checkpoint) -> dict[str, Any]:
     }
 
 
-def _pda(checkpoint, modes, dataset, distances, device, progress) -> dict[str, dict]:
+def _pda(checkpoint, modes, dataset, distances, device, progress,
+         key_segmenter: str = "") -> dict[str, dict]:
     from davss_ros.evaluate.pda import build_segmenters, evaluate_pda, results_as_json
 
-    segmenters = build_segmenters(checkpoint, modes, device=device)
+    segmenters = build_segmenters(checkpoint, modes, device=device,
+                                  key_segmenter=key_segmenter or None)
     try:
         results = evaluate_pda(segmenters, dataset, distances=distances, progress=progress)
     finally:
@@ -160,11 +164,13 @@ def _pda(checkpoint, modes, dataset, distances, device, progress) -> dict[str, d
     return {row["mode"]: row for row in results_as_json(results, names)}
 
 
-def _bench(checkpoint_path: str, config, frames, key_interval: int, device) -> dict:
+def _bench(checkpoint_path: str, config, frames, key_interval: int, device,
+           key_segmenter: str = "") -> dict:
     from davss_ros.bench import time_mode
 
     return {mode: time_mode(frames, config=config, mode=mode, checkpoint=checkpoint_path,
-                            device=device, key_interval=key_interval)
+                            device=device, key_interval=key_interval,
+                            key_segmenter=key_segmenter or None)
             for mode in MAIN_MODES}
 
 
@@ -229,7 +235,8 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
     log(f"report: PDA of {', '.join(MAIN_MODES + BOUND_MODES)} on {len(dataset)} "
         f"{spec.split} snippets")
     out["pda"] = _pda(ck, MAIN_MODES + BOUND_MODES, dataset, spec.distances, device,
-                      progress)
+                      progress, spec.key_segmenter)
+    out["key_segmenter"] = spec.key_segmenter or None
     out["ablations"] = {}
     for abl in spec.ablations:
         log(f"report: PDA of the ablation {abl.name!r} ({abl.checkpoint})")
@@ -252,7 +259,7 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
         log(f"report: timing {spec.bench_frames} frames per mode on {device}")
         frames = _test_frames(dataset, spec.bench_frames)
         out["bench"] = _bench(spec.checkpoint, ck.config, frames, spec.bench_key_interval,
-                              device)
+                              device, spec.key_segmenter)
         ms = {mode: {"key": b["key_ms"], "nonkey": b["nonkey_ms"]}
               for mode, b in out["bench"].items()}
         out["cca_ms"] = cca_points(out["pda"], ms, spec.distances)

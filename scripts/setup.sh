@@ -30,7 +30,26 @@ if [ -n "${PYTHON:-}" ]; then
   v=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "?")
   [ "$v" = "3.11" ] || die "davss_ros needs CPython 3.11 (the ROS 2 Kilted wheels are cp311 only), but PYTHON='$PYTHON' is Python $v"
 fi
+
+# The venv as an ament prefix for davss_ros, what colcon or `setup.py install` would lay out,
+# so that `ros2 launch davss_ros ...` and launch_ros find the package (AMENT_PREFIX_PATH=.venv):
+# the index marker, share/davss_ros/{package.xml,launch,config} and lib/davss_ros/<executable>.
+# Symlinks into the source tree (the install is editable); file by file, because ros2launch
+# walks share/davss_ros without following directory links. Cheap, so it runs every time.
+ament_layout() {
+  local share="$venv/share/davss_ros" lib="$venv/lib/davss_ros" f
+  mkdir -p "$venv/share/ament_index/resource_index/packages" "$share/launch" "$share/config" "$lib"
+  : >"$venv/share/ament_index/resource_index/packages/davss_ros"
+  ln -sfn "$root/package.xml" "$share/package.xml"
+  find "$share/launch" "$share/config" -type l ! -exec test -e {} \; -delete
+  for f in "$root"/launch/*.py; do ln -sfn "$f" "$share/launch/"; done
+  for f in "$root"/config/*.yaml "$root"/config/*.rviz; do ln -sfn "$f" "$share/config/"; done
+  # pip's console scripts carry the venv's interpreter in their shebang.
+  for f in segmenter davss; do ln -sfn "../../bin/$f" "$lib/$f"; done
+}
+
 if [ $force = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
+  ament_layout
   say ".venv is up to date"
   exit 0
 fi
@@ -103,7 +122,11 @@ mkdir -p "$root/build"
 say "installing davss_ros (editable)"
 pip install --no-deps --no-build-isolation -e .
 
+ament_layout
+
 "$vpy" -c "import rclpy, davss_msgs.msg, torch, cv2, rosbags, davss_ros" \
   || die "the new .venv cannot import its packages"
+AMENT_PREFIX_PATH="$venv" "$vpy" -c "from ament_index_python.packages import get_package_share_directory as g; g('davss_ros')" \
+  || die "davss_ros is not in the venv's ament index"
 echo "$want" >"$stamp"
 say "done: .venv is ready ($("$vpy" -c 'import torch; print("torch", torch.__version__)'))"

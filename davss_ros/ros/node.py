@@ -40,6 +40,8 @@ Topics (relative, so one node per camera works under its own namespace):
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import threading
 import time
@@ -451,6 +453,10 @@ class SegmenterNode(LifecycleNode):
 
     def _frame_failed(self, exc: BaseException) -> None:
         # The worker's last resort: something outside the pipeline step raised.
+        if not self.context.ok():
+            # Ctrl-C while a frame was in flight: its publishers are gone, not a fault.
+            self.stats.record_discard()
+            return
         text = _describe(exc)
         self.stats.record_failed("exception", text)
         self.get_logger().error(f"frame skipped: {text}", throttle_duration_sec=5.0)
@@ -666,11 +672,20 @@ def _describe(exc: BaseException) -> str:
 
 
 # -- entry points ------------------------------------------------------------------------------
-def main(args: list[str] | None = None) -> int:
+def _ignore_sigint():
+    """Ignore SIGINT from here on; the handler it replaced (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def main(args: list[str] | None = None, *, exit_process: bool = True) -> int:
     """Console script ``segmenter``: run the node until Ctrl-C.
 
     Configures and activates on its own unless the ``autostart`` parameter is false (then
-    a launch file or a lifecycle manager drives the transitions).
+    a launch file or a lifecycle manager drives the transitions). With ``exit_process`` the
+    process ends right after the clean ROS shutdown (``os._exit``), within a second of a
+    SIGINT; otherwise the exit code is returned.
     """
     ensure_large_data_transport()
     rclpy.init(args=args)
@@ -694,12 +709,24 @@ def main(args: list[str] | None = None) -> int:
         print(f"davss_segmenter: {_describe(exc)}", file=sys.stderr)
         code = 1
     finally:
+        # A second SIGINT (a terminal's Ctrl-C plus the one a launch file forwards) must not
+        # break off the teardown with a KeyboardInterrupt.
+        previous = _ignore_sigint()
         if node is not None:
             node.close()
             executor.remove_node(node)
             node.destroy_node()
         executor.shutdown()
-        rclpy.try_shutdown()
+        rclpy.try_shutdown()  # also flushes and closes ROS logging
+        _ignore_sigint()  # rclpy's shutdown put its predecessor back
+    if previous is not None and not exit_process:
+        signal.signal(signal.SIGINT, previous)
+    if exit_process:
+        # The ROS side is down and nothing is left to save; interpreter finalisation (torch's
+        # and FastDDS's teardown at exit) would take about another second after Ctrl-C.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

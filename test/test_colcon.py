@@ -6,24 +6,34 @@ the documented invocation names the subfolder as a second base path:
 
     colcon build --base-paths src src/davss_ros/davss_msgs
 
-The colcon tests are skipped where colcon is not installed (Debian/Ubuntu:
-python3-colcon-core python3-colcon-ros python3-colcon-cmake
-python3-colcon-python-setup-py; in ROS installs: python3-colcon-common-extensions).
+colcon is used as the README's workspace recipe has it: run by the Python that has torch
+and the ROS packages (`python -m colcon`, after `pip install colcon-common-extensions` into
+that venv), so the installed executables get that interpreter. A colcon on PATH (Debian:
+python3-colcon-*) is used for the discovery tests when the venv has none. Everything skips
+where colcon is not installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COLCON = shutil.which("colcon")
-needs_colcon = pytest.mark.skipif(COLCON is None, reason="colcon is not on PATH")
+# The recipe's colcon (this interpreter's), else one on PATH.
+VENV_COLCON = importlib.util.find_spec("colcon_core") is not None
+COLCON = [sys.executable, "-m", "colcon"] if VENV_COLCON else (
+    [shutil.which("colcon")] if shutil.which("colcon") else None)
+needs_colcon = pytest.mark.skipif(COLCON is None, reason="colcon is not installed")
 BASE_PATHS = ["--base-paths", "src", "src/davss_ros/davss_msgs"]
 
 # What a clone would not contain, or what is large: not copied into the workspace.
@@ -50,7 +60,7 @@ def workspace(tmp_path) -> Path:
 
 def _colcon(ws: Path, *args: str, timeout: float = 120, env=None) -> str:
     proc = subprocess.run(
-        [COLCON, "--log-base", str(ws / "log"), *args],
+        [*COLCON, "--log-base", str(ws / "log"), *args],
         cwd=ws,
         capture_output=True,
         text=True,
@@ -88,7 +98,7 @@ def test_colcon_list_with_documented_base_paths_finds_both_packages(workspace):
 @needs_colcon
 def test_colcon_workspace_defaults_file_finds_both_packages(workspace):
     # colcon-defaults (part of colcon-common-extensions) reads ./colcon_defaults.yaml.
-    ext = subprocess.run([COLCON, "extensions", "-v"], capture_output=True, text=True)
+    ext = subprocess.run([*COLCON, "extensions", "-v"], capture_output=True, text=True)
     if "colcon_defaults" not in ext.stdout:
         pytest.skip("colcon-defaults is not installed")
     paths = "[src, src/davss_ros/davss_msgs]"
@@ -131,24 +141,63 @@ def test_colcon_build_installs_davss_ros_in_ament_layout(workspace):
     _assert_ament_python_layout(workspace / "install" / "davss_ros")
 
 
-@needs_colcon
-@pytest.mark.slow
-def test_colcon_builds_both_packages_against_the_venv_ros_wheels(workspace):
-    venv = ROOT / ".venv"
+def _venv_with_ros_cmake() -> Path:
+    venv = Path(sys.prefix)
     if not (venv / "share" / "ament_cmake" / "cmake").is_dir() or not shutil.which("cmake"):
         pytest.skip("needs .venv with the ROS 2 CMake wheels (scripts/setup.sh) and cmake")
+    return venv
+
+
+@pytest.mark.skipif(not VENV_COLCON, reason="the README's recipe runs colcon with the venv's "
+                    "Python: pip install colcon-common-extensions into it")
+@pytest.mark.ros
+@pytest.mark.slow
+def test_readme_recipe_builds_both_packages_and_the_installed_segmenter_answers_a_frame(
+        workspace):
+    pytest.importorskip("rclpy")
+    from ros_probe import Probe
+
+    venv = _venv_with_ros_cmake()
+    # README, "In a ROS 2 workspace", without a ROS install: the venv is the underlay.
     env = dict(os.environ, CMAKE_PREFIX_PATH=str(venv), AMENT_PREFIX_PATH=str(venv))
-    args = [
-        "--cmake-args",
-        f"-DPython3_EXECUTABLE={venv / 'bin' / 'python'}",
-        "-DBUILD_TESTING=OFF",
-    ]
-    _colcon(workspace, "build", *BASE_PATHS, *args, timeout=600, env=env)
+    _colcon(workspace, "build", *BASE_PATHS, "--cmake-args",
+            f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF",
+            timeout=600, env=env)
     install = workspace / "install"
     _assert_ament_python_layout(install / "davss_ros")
     msgs = install / "davss_msgs"
     assert (msgs / "share/davss_msgs/msg/FrameInfo.msg").is_file()
     assert list(msgs.glob("lib/python3*/site-packages/davss_msgs/msg/_frame_info.py"))
+    exe = install / "davss_ros" / "lib" / "davss_ros" / "segmenter"
+    assert exe.read_text().splitlines()[0] == f"#!{sys.executable}"
+
+    domain = 1 + (os.getpid() * 7919) % 200
+    probe = Probe(domain, "/davss_segmenter", "/cam/image_raw")
+    # `source install/setup.bash`, then the installed executable (what `ros2 run` starts).
+    proc = subprocess.Popen(
+        ["bash", "-c", f". install/setup.bash && exec {exe} --ros-args "
+         "-r image:=/cam/image_raw"],
+        cwd=workspace, env=dict(env, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        assert probe.answers_a_frame(timeout=120.0), "".join(lines)
+        # The workspace's copy runs, not the venv's editable davss_ros.
+        loaded = re.search(r"model: shipped (\S+)", "".join(lines))
+        assert loaded and Path(loaded[1]).is_relative_to(install / "davss_ros"), "".join(lines)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10.0) == 0, "".join(lines)
+        exit_s = time.monotonic() - t0
+        print(f"installed segmenter exited {exit_s:.2f} s after SIGINT")
+        assert exit_s < 2.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        probe.close()
 
 
 def test_setup_py_install_puts_files_where_ros2_run_and_launch_look(tmp_path):

@@ -398,3 +398,27 @@ def test_a_checkpoint_names_its_external_key_segmenter_and_refuses_a_replaced_on
     key_file.unlink()
     with pytest.raises(KeySegmenterError, match="does not exist"):
         VideoSegmenter.from_checkpoint(ck, device="cpu")
+
+
+def test_confidence_is_255_on_key_frames_and_the_output_probability_between():
+    seg = make("davss", key_interval=10)
+    base = textured(4)
+    key = seg.step(base)
+    assert key.confidence.dtype == np.uint8 and (key.confidence == 255).all()
+    r = seg.step(shifted(base, 2))
+    prob = torch.softmax(r.logits[0], 0).amax(0).numpy()
+    up = torch.nn.functional.interpolate(torch.from_numpy(prob)[None, None], size=(H, W),
+                                         mode="bilinear", align_corners=False)[0, 0].numpy()
+    assert np.abs(r.confidence.astype(int) - np.rint(up * 255)).max() <= 1
+    assert r.confidence.shape == r.labels.shape and r.confidence.min() < 255
+
+
+def test_confidence_is_0_where_a_crop_saw_nothing():
+    seg = VideoSegmenter.from_checkpoint(None, preset=load_config({"model": {
+        "input_height": H, "input_width": W}}), resize="crop", device="cpu",
+        schedule={"key_interval": 10})
+    img = textured(5, 144, 176)
+    for _ in range(2):
+        r = seg.step(img)
+        unseen = r.labels == 255
+        assert unseen.any() and (r.confidence[unseen] == 0).all()

@@ -71,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize-frames", action="store_true",
                         help="camvid: resize video frames to the label size on load")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--reliability", action="store_true",
+                        help="also measure the calibration of the confidence image of each "
+                             "propagating mode: its predicted agreement with the key "
+                             "segmenter against the observed one, per confidence bin (ECE)")
     sweep = parser.add_argument_group(
         "schedule sweep", "fixed vs adaptive key-frame scheduling at matched mean cost, over "
         "whole clips of a Cityscapes-layout split (synthetic or cityscapes); --modes, "
@@ -143,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         "results": results_as_json(results, first.class_names),
     }
     print(format_table(report))
+    if args.reliability:
+        report["reliability"] = _reliability(
+            args, checkpoint, dataset, distances, input_size,
+            [m for m in modes if m in MODES and m != "per_frame"])
     for row in report["results"]:
         if row["distance_mismatches"] or row["invalid_outputs"]:
             print(f"warning: {row['mode']}: {row['distance_mismatches']} runs off their "
@@ -167,6 +175,29 @@ def open_dataset(kind: str, root: Path, split: str, *, max_distance: int = 9,
         raise FileNotFoundError(f"data set root {root} is not a folder")
     return DATASETS.get(kind)(Path(root), split, max_distance=max_distance,
                               resize_frames=resize_frames)
+
+
+def _reliability(args, checkpoint, dataset, distances, input_size, modes) -> dict:
+    from davss_ros.pipeline import VideoSegmenter
+
+    from .reliability import evaluate_reliability, format_reliability
+
+    out = {}
+    reference = VideoSegmenter.from_checkpoint(
+        checkpoint, mode="per_frame", input_size=input_size,
+        key_segmenter=args.key_segmenter, device=args.device)
+    for mode in modes:
+        seg = VideoSegmenter.from_checkpoint(checkpoint, mode=mode, input_size=input_size,
+                                             key_segmenter=args.key_segmenter,
+                                             device=args.device)
+        res = evaluate_reliability(seg, reference, dataset, distances=distances,
+                                   limit=args.limit)
+        print(f"\nconfidence calibration, {mode} (agreement with the key segmenter):")
+        print(format_reliability(res))
+        out[mode] = {str(d): r.as_dict() for d, r in res.items()}
+        seg.close()
+    reference.close()
+    return out
 
 
 def parse_distances(text: str, *, option: str = "--distances") -> list[int]:

@@ -22,7 +22,7 @@ from .registry import BACKBONES, FLOW_PROVIDERS
 MODES = ("per_frame", "dff", "accel", "davss")
 # Kinds with a registry (davss_ros.registry: backbones, flow providers) are checked there.
 DIS_PRESETS = ("ultrafast", "fast", "medium")
-POLICIES = ("fixed", "adaptive")
+POLICIES = ("fixed", "adaptive", "budget")
 DISTORTION_METRICS = ("mean", "ratio")
 # What the davss fusion weights f_CC by: DMNet's map (the method) or a constant map (the
 # paper's "without DGFC" ablation, for a model trained that way).

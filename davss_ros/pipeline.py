@@ -19,6 +19,7 @@ to the network input (:mod:`davss_ros.resize`) and the labels back.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +44,8 @@ STAGES = ("flow", "warp", "dmnet", "cfnet", "fuse", "segmenter", "total")
 # Smallest image side ``step`` accepts (the 1/4-resolution state needs at least one pixel).
 MIN_IMAGE_SIZE = 4
 DEFAULT_RESIZE = "letterbox"
+# Weight of the newest frame in the running averages of key / non-key step time.
+COST_ALPHA = 0.2
 
 __all__ = ["FrameParts", "FrameResult", "VideoSegmenter", "resolve_device"]
 
@@ -233,6 +236,8 @@ class VideoSegmenter:
         self.scheduler = KeyFrameScheduler(cfg.schedule)
         self._framing: Framing | None = None
         self._frame_index = 0
+        self._cost: dict[str, float | None] = {"key": None, "nonkey": None}
+        self._owner = True
         self._clear_state()
 
     @classmethod
@@ -280,6 +285,24 @@ class VideoSegmenter:
             config = over or None
         return cls(config, checkpoint, device, key_segmenter=key_segmenter, resize=resize,
                    threads=threads, max_stamp_gap=max_stamp_gap, keep_parts=keep_parts)
+
+    def new_stream(self) -> VideoSegmenter:
+        """Another stream (a second camera) on the same networks and key segmenter: its own
+        schedule, propagated state, flow state, frame count and cost estimates. Steps of
+        two streams must not run at the same time (one worker runs them in turn)."""
+        if self.net is None:
+            raise RuntimeError("VideoSegmenter.new_stream() after close()")
+        other = copy.copy(self)
+        other.config = DavssConfig.from_dict(self.config.to_dict())
+        other.flow = build_flow(other.config.model.flow, flownet=self.net.flownet)
+        other._non_key = self.net.non_key_step(other.flow)
+        other.scheduler = KeyFrameScheduler(other.config.schedule)
+        other._framing = None
+        other._frame_index = 0
+        other._cost = {"key": None, "nonkey": None}
+        other._owner = False
+        other._clear_state()
+        return other
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -335,12 +358,17 @@ class VideoSegmenter:
         self.step(blank)
         self.set_schedule(saved)
         self._frame_index = 0
+        self._cost = {"key": None, "nonkey": None}  # first runs are slow: not typical
         self._clear_state()
         self.scheduler.reset()
 
     def close(self) -> None:
-        """Free the networks (and CUDA memory); the object cannot step afterwards."""
+        """Free the networks (and CUDA memory); the object cannot step afterwards. A stream
+        made by ``new_stream`` only lets go of its own state."""
         self._clear_state()
+        if not self._owner:
+            self.net = None
+            return
         self.net = None
         self.flow = None
         self._non_key = None
@@ -348,8 +376,15 @@ class VideoSegmenter:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    @property
+    def expected_ms(self) -> dict[str, float | None]:
+        """Running averages of the whole step's time on key and non-key frames (ms; None
+        before the first of each), which the budget policy weighs against its budget."""
+        return {"key": self._cost["key"], "nonkey": self._cost["nonkey"]}
+
     @torch.inference_mode()
-    def step(self, image: np.ndarray, stamp: float | None = None) -> FrameResult:
+    def step(self, image: np.ndarray, stamp: float | None = None, *,
+             budget_ms: float | None = None) -> FrameResult:
         """Segment the next frame of the stream.
 
         Args:
@@ -358,6 +393,10 @@ class VideoSegmenter:
             stamp: the frame's time in seconds; a stamp going backwards (a looped bag)
                 clears the propagated state and forces a key frame ('stamp_backwards'), as
                 does one jumping forward by more than ``max_stamp_gap`` ('stamp_jump').
+            budget_ms: with the ``budget`` schedule, the time this frame may take before the
+                stream falls behind (the node: twice the frame period, as one frame can
+                wait in its slot, less the lateness and the next frame's expected cost): a
+                key frame when one is expected to fit, else propagation.
         """
         if self.net is None:
             raise RuntimeError("VideoSegmenter.step() after close()")
@@ -380,7 +419,8 @@ class VideoSegmenter:
         x = self._to_tensor(framing.to_network(image))
         mode = self.config.model.mode
         spec = mode_spec(mode)
-        reason = self.scheduler.pre_decision(image.shape)
+        reason = self.scheduler.pre_decision(image.shape, budget_ms=budget_ms,
+                                             key_cost_ms=self._cost["key"])
         if reason is None and not spec.propagates:
             reason = "per_frame_mode"
         m = None
@@ -419,6 +459,10 @@ class VideoSegmenter:
             self._clear_state()
             self.scheduler.request_key("nonfinite_output")
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        kind = "key" if is_key else "nonkey"
+        last = self._cost[kind]
+        self._cost[kind] = timings["total"] if last is None else (
+            COST_ALPHA * timings["total"] + (1.0 - COST_ALPHA) * last)
         result = FrameResult(
             labels=labels, is_key=is_key,
             propagation_distance=0 if is_key else self.scheduler.propagation_distance,

@@ -16,7 +16,13 @@ Policies (``ScheduleConfig.policy``):
   propagated frames. DMNet already estimates where the warped prediction is wrong, so this
   costs nothing extra (DVSNet and Li et al. 2018 train a separate regressor for the same job).
 
-Both policies also cut on a scene change: the photometric error of the warped key image
+- ``budget``: a key frame whenever one fits the time the stream leaves (``budget_ms``, given
+  per frame by whoever knows the camera rates: the node), else propagation; a key frame at
+  the latest after ``max_interval`` propagated frames. A fast machine thus segments every
+  frame, a slow one propagates exactly as much as it must instead of dropping frames.
+  Without a ``budget_ms`` (offline) it keys every ``key_interval`` frames, like ``fixed``.
+
+Every policy also cuts on a scene change: the photometric error of the warped key image
 against the current frame above ``scene_cut_factor`` times its running level and above
 ``scene_cut_min_error``. The running level is an exponential moving average with weight
 :data:`LEVEL_ALPHA` on the newest non-key frame. It survives ordinary key frames (the scene
@@ -45,6 +51,7 @@ REASON_MAX_INTERVAL = "max_interval"
 REASON_SCENE_CUT = "scene_cut"
 REASON_DISTORTION = "distortion"
 REASON_NONFINITE_METRIC = "nonfinite_metric"
+REASON_SLACK = "slack"
 
 
 def photometric_error(warped_image: torch.Tensor, current_image: torch.Tensor) -> float:
@@ -131,8 +138,13 @@ class KeyFrameScheduler:
             raise ValueError("request_key expects a non-empty reason")
         self._requested = reason
 
-    def pre_decision(self, frame_shape: tuple[int, ...]) -> str | None:
-        """A key reason for this frame before any work on it, or None."""
+    def pre_decision(self, frame_shape: tuple[int, ...], *, budget_ms: float | None = None,
+                     key_cost_ms: float | None = None) -> str | None:
+        """A key reason for this frame before any work on it, or None.
+
+        ``budget_ms`` and ``key_cost_ms`` (budget policy): the time this frame may take
+        before the stream falls behind, and what a key frame is expected to cost; the frame
+        is key when it fits (or nothing has been measured yet)."""
         shape = tuple(int(s) for s in frame_shape)
         self._frame_shape = shape
         distance = self.propagation_distance + 1  # this frame's distance if it is not key
@@ -147,8 +159,13 @@ class KeyFrameScheduler:
             # '>=' and not '==': a key_interval lowered mid-stream below the current
             # distance takes effect at once.
             reason = REASON_INTERVAL
-        elif self.cfg.policy == "adaptive" and distance > self.cfg.max_interval:
+        elif self.cfg.policy in ("adaptive", "budget") and distance > self.cfg.max_interval:
             reason = REASON_MAX_INTERVAL
+        elif self.cfg.policy == "budget" and budget_ms is None:
+            reason = REASON_INTERVAL if distance >= self.cfg.key_interval else None
+        elif self.cfg.policy == "budget":
+            fits = key_cost_ms is None or key_cost_ms <= budget_ms
+            reason = REASON_SLACK if fits else None
         else:
             reason = None
         self._frame_reason = reason

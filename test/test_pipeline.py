@@ -422,3 +422,40 @@ def test_confidence_is_0_where_a_crop_saw_nothing():
         r = seg.step(img)
         unseen = r.labels == 255
         assert unseen.any() and (r.confidence[unseen] == 0).all()
+
+
+def test_two_streams_share_the_networks_but_not_their_state():
+    a = make("davss", key_interval=3)
+    b = a.new_stream()
+    assert b.net is a.net and b.key_segmenter is a.key_segmenter
+    assert b.flow is not a.flow and b.scheduler is not a.scheduler
+    img_a, img_b = textured(6), textured(7)
+    ra = [a.step(shifted(img_a, i)) for i in range(2)]
+    rb = b.step(img_b)
+    assert [r.is_key for r in ra] == [True, False] and rb.is_key  # b's own first frame
+    assert a.step(shifted(img_a, 2)).propagation_distance == 2
+    # the same frames through a fresh segmenter give the same labels: no state leaked
+    torch.manual_seed(0)
+    fresh = make("davss", key_interval=3)
+    for i in range(3):
+        expected = fresh.step(shifted(img_a, i))
+    torch.manual_seed(0)
+    a2 = make("davss", key_interval=3)
+    c = a2.new_stream()
+    c.step(img_b)
+    for i in range(3):
+        got = a2.step(shifted(img_a, i))
+        c.step(shifted(img_b, i + 1))
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    b.close()
+    assert a.net is not None  # closing a stream leaves the owner's networks
+
+
+def test_budget_schedule_keys_only_when_the_expected_key_cost_fits():
+    seg = make("davss", policy="budget", max_interval=5)
+    base = textured(8)
+    first = seg.step(base, budget_ms=1e-3)
+    assert first.is_key and seg.expected_ms["key"] is not None
+    tight = [seg.step(shifted(base, i), budget_ms=1e-3).is_key for i in range(1, 4)]
+    assert tight == [False, False, False]
+    assert seg.step(shifted(base, 4), budget_ms=1e6).key_reason == "slack"

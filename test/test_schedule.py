@@ -191,3 +191,35 @@ def test_photometric_error_is_mean_absolute_difference():
     assert photometric_error(b, b) == 0.0
     with pytest.raises(ValueError, match="same shape"):
         photometric_error(a, b[..., :2])
+
+
+# ------------------------------------------------------------------------- budget policy
+
+
+def test_budget_policy_keys_when_a_key_frame_fits_and_propagates_when_it_does_not():
+    s = KeyFrameScheduler(ScheduleConfig(policy="budget", key_interval=4, max_interval=3))
+    shape = (8, 8, 3)
+    assert s.pre_decision(shape, budget_ms=10.0, key_cost_ms=50.0) == "first_frame"
+    s.commit(is_key=True)
+    # plenty of time: every frame is a key frame (per-frame quality)
+    assert s.pre_decision(shape, budget_ms=80.0, key_cost_ms=50.0) == "slack"
+    s.commit(is_key=True)
+    # behind: propagate, up to max_interval frames, then a key frame anyway
+    decisions = []
+    for _ in range(4):
+        reason = s.pre_decision(shape, budget_ms=20.0, key_cost_ms=50.0)
+        decisions.append(reason)
+        s.commit(is_key=reason is not None)
+    assert decisions == [None, None, None, "max_interval"]
+    # nothing measured yet: a key frame is tried
+    assert s.pre_decision(shape, budget_ms=5.0, key_cost_ms=None) == "slack"
+
+
+def test_budget_policy_without_a_budget_keys_every_key_interval_frames():
+    s = KeyFrameScheduler(ScheduleConfig(policy="budget", key_interval=3, max_interval=10))
+    out = []
+    for _ in range(7):
+        reason = s.pre_decision((8, 8, 3))
+        out.append(reason is not None)
+        s.commit(is_key=reason is not None)
+    assert out == [True, False, False, True, False, False, True]

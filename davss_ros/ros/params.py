@@ -83,8 +83,10 @@ SPECS: dict[str, Spec] = {
     "flow.dis_preset": Spec(
         "fast", "DIS flow preset when flow.provider is dis.", choices=DIS_PRESETS),
     "schedule.policy": Spec(
-        _S.policy, "Key-frame policy: fixed (every key_interval frames) or adaptive (when "
-        "the distortion exceeds threshold, at most max_interval apart).",
+        _S.policy, "Key-frame policy: fixed (every key_interval frames), adaptive (when "
+        "the distortion exceeds threshold, at most max_interval apart) or budget (a key "
+        "frame whenever one fits the time the camera rate leaves, else propagation instead "
+        "of dropping frames; at most max_interval apart).",
         applies="live", choices=POLICIES),
     "schedule.key_interval": Spec(
         _S.key_interval, "Fixed policy: a key frame every key_interval frames.",

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "same run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--camera", default="640x480", metavar="WxH",
+                        help="with --node: the camera's frame size (default: %(default)s)")
     parser.add_argument("--node", action="store_true",
                         help="instead: node overhead (end-to-end minus pipeline latency) at "
                              "640x480 through real rclpy/FastDDS")

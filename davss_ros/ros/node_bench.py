@@ -202,8 +202,12 @@ def main_from_args(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(threads)
+    width, height = getattr(args, "width", 640), getattr(args, "height", 480)
+    camera = getattr(args, "camera", None)
+    if camera:
+        width, height = (int(v) for v in str(camera).lower().split("x"))
     result = run_node_bench(
-        getattr(args, "width", 640), getattr(args, "height", 480),
+        width, height,
         getattr(args, "frames", 60), config=getattr(args, "config", None),
         checkpoint=getattr(args, "checkpoint", None), device=getattr(args, "device", "auto"),
         key_interval=getattr(args, "key_interval", 5),

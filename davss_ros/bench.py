@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "same run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--peak", action="store_true",
+                        help="with --node: the highest camera rate the node holds with under "
+                        "5%% of frames dropped (open-loop, rising rates)")
     parser.add_argument("--camera", default="640x480", metavar="WxH",
                         help="with --node: the camera's frame size (default: %(default)s)")
     parser.add_argument("--node", action="store_true",

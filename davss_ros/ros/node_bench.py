@@ -27,6 +27,119 @@ from .env import ensure_large_data_transport
 OUTPUT_TOPICS = ("labels", "labels_color", "overlay", "distortion")
 
 
+class _Rig:
+    """The segmenter node and a camera node in two rclpy Contexts of one process, matched
+    over FastDDS; outputs and FrameInfos recorded by stamp. A context manager."""
+
+    def __init__(self, overrides: dict, topics: tuple[str, ...], *, domain_id: int | None,
+                 timeout: float) -> None:
+        self.overrides, self.topics, self.timeout = overrides, topics, timeout
+        self.domain = domain_id if domain_id is not None else 1 + (os.getpid() * 31) % 200
+
+    def __enter__(self) -> _Rig:
+        ensure_large_data_transport()
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.parameter import Parameter
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        from davss_msgs.msg import FrameInfo
+
+        from .node import SUCCESS, SegmenterNode
+        from .spin import BackgroundSpin
+
+        self._rclpy = rclpy
+        self.node_ctx, self.cam_ctx = rclpy.Context(), rclpy.Context()
+        rclpy.init(context=self.node_ctx, domain_id=self.domain)
+        rclpy.init(context=self.cam_ctx, domain_id=self.domain)
+        self.node = self.cam = None
+        self.executors: list = []
+        self.spins: list = []
+        try:
+            self.node = SegmenterNode(
+                context=self.node_ctx, namespace="bench",
+                parameter_overrides=[Parameter(k, value=v) for k, v in self.overrides.items()])
+            if self.node.trigger_configure() != SUCCESS:
+                raise RuntimeError(f"the node did not configure: "
+                                   f"{self.node._configure_error}")
+            if self.node.trigger_activate() != SUCCESS:
+                raise RuntimeError("the node did not activate")
+            self.cam = rclpy.create_node("davss_bench_camera", context=self.cam_ctx)
+            self.cond = threading.Condition()
+            self.arrivals: dict[str, dict[tuple[int, int], float]] = {t: {} for t in self.topics}
+            self.infos: dict = {}
+
+            def on_output(msg, topic):
+                now = time.perf_counter()
+                with self.cond:
+                    self.arrivals[topic][(msg.header.stamp.sec, msg.header.stamp.nanosec)] = now
+                    self.cond.notify_all()
+
+            def on_info(msg):
+                with self.cond:
+                    self.infos[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+                    self.cond.notify_all()
+
+            reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+            subs = [self.cam.create_subscription(
+                Image, f"/bench/davss_segmenter/{t}",
+                lambda m, t=t: on_output(m, t), reliable) for t in self.topics]
+            subs.append(self.cam.create_subscription(
+                FrameInfo, "/bench/davss_segmenter/frame_info", on_info,
+                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)))
+            self.pub = self.cam.create_publisher(Image, "/bench/image", reliable)
+            for ctx, n in ((self.node_ctx, self.node), (self.cam_ctx, self.cam)):
+                ex = SingleThreadedExecutor(context=ctx)
+                ex.add_node(n)
+                self.executors.append(ex)
+                self.spins.append(BackgroundSpin(ex, name="node_bench_spin"))
+            deadline = time.monotonic() + self.timeout
+            while not (self.pub.get_subscription_count() > 0 and all(
+                    s.get_publisher_count() > 0 for s in subs)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("camera and node did not discover each other")
+                time.sleep(0.05)
+            time.sleep(0.5)  # let the node's side finish matching the camera's subscriptions
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def frame(self, texture: np.ndarray, i: int, width: int, height: int):
+        from .image import new_image
+
+        msg, view = new_image(height, width, "rgb8")
+        np.copyto(view, texture[:, i % (texture.shape[1] - width):][:, :width])
+        msg.header.frame_id = "camera"
+        msg.header.stamp = self.cam.get_clock().now().to_msg()
+        return msg, (msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+    def __exit__(self, *exc) -> None:
+        stopped = all([t.stop() for t in self.spins])  # before destroying: see spin.py
+        if stopped:
+            for ex in self.executors:
+                ex.shutdown(timeout_sec=2.0)
+        if self.node is not None:
+            self.node.close()
+            if stopped:
+                self.node.destroy_node()
+        if self.cam is not None and stopped:
+            self.cam.destroy_node()
+        for ctx in (self.node_ctx, self.cam_ctx):
+            self._rclpy.try_shutdown(context=ctx)
+
+
+def _overrides(config, checkpoint, device, key_interval) -> dict:
+    overrides = {"model.device": device, "schedule.policy": "fixed",
+                 "schedule.key_interval": key_interval}
+    if config:
+        overrides["model.config"] = config
+    if checkpoint:
+        overrides["model.checkpoint"] = checkpoint
+    return overrides
+
+
 def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
                    config: str | None = None, checkpoint: str | None = None,
                    device: str = "auto", warmup: int = 5,
@@ -38,106 +151,31 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
     and distortion are computed only when subscribed). ``warmup`` frames are not counted.
     Returns medians and 95th percentiles in milliseconds.
     """
-    ensure_large_data_transport()
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from davss_msgs.msg import FrameInfo
-
-    from .image import new_image
-    from .node import SUCCESS, SegmenterNode
-    from .spin import BackgroundSpin
-
     topics = ("labels",) + tuple(t for t in subscribe if t in OUTPUT_TOPICS and t != "labels")
-    domain = domain_id if domain_id is not None else 1 + (os.getpid() * 31) % 200
-    overrides = {"model.device": device, "schedule.policy": "fixed",
-                 "schedule.key_interval": key_interval}
-    if config:
-        overrides["model.config"] = config
-    if checkpoint:
-        overrides["model.checkpoint"] = checkpoint
-
-    node_ctx, cam_ctx = rclpy.Context(), rclpy.Context()
-    rclpy.init(context=node_ctx, domain_id=domain)
-    rclpy.init(context=cam_ctx, domain_id=domain)
-    node = cam = None
-    executors: list = []
-    threads: list = []
-    try:
-        node = SegmenterNode(
-            context=node_ctx, namespace="bench",
-            parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        if node.trigger_configure() != SUCCESS:
-            raise RuntimeError(f"the node did not configure: {node._configure_error}")
-        if node.trigger_activate() != SUCCESS:
-            raise RuntimeError("the node did not activate")
-
-        cam = rclpy.create_node("davss_bench_camera", context=cam_ctx)
-        cond = threading.Condition()
-        arrivals: dict[str, dict[tuple[int, int], float]] = {t: {} for t in topics}
-        infos: dict[tuple[int, int], FrameInfo] = {}
-
-        def on_output(msg, topic):
-            now = time.perf_counter()
-            with cond:
-                arrivals[topic][(msg.header.stamp.sec, msg.header.stamp.nanosec)] = now
-                cond.notify_all()
-
-        def on_info(msg):
-            with cond:
-                infos[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
-                cond.notify_all()
-
-        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        subs = [cam.create_subscription(
-            Image, f"/bench/davss_segmenter/{t}",
-            lambda m, t=t: on_output(m, t), reliable) for t in topics]
-        subs.append(cam.create_subscription(
-            FrameInfo, "/bench/davss_segmenter/frame_info", on_info, reliable))
-        pub = cam.create_publisher(Image, "/bench/image", reliable)
-
-        for ctx, n in ((node_ctx, node), (cam_ctx, cam)):
-            ex = SingleThreadedExecutor(context=ctx)
-            ex.add_node(n)
-            executors.append(ex)
-            threads.append(BackgroundSpin(ex, name="node_bench_spin"))
-
-        deadline = time.monotonic() + timeout
-        while not (pub.get_subscription_count() > 0 and all(
-                s.get_publisher_count() > 0 for s in subs)):
-            if time.monotonic() > deadline:
-                raise RuntimeError("camera and node did not discover each other")
-            time.sleep(0.05)
-        time.sleep(0.5)  # let the node's side finish matching the camera's subscriptions
-
+    with _Rig(_overrides(config, checkpoint, device, key_interval), topics,
+              domain_id=domain_id, timeout=timeout) as rig:
+        node = rig.node
         rng = np.random.default_rng(0)
-        texture = rng.integers(0, 256, (height, width + frames + warmup, 3), dtype=np.uint8)
+        texture = rng.integers(0, 256, (height, width + frames + warmup + 1, 3), dtype=np.uint8)
         e2e, pipeline, node_total, overhead, extra = [], [], [], [], []
         pipeline_by_index = {}
         for i in range(warmup + frames):
-            msg, view = new_image(height, width, "rgb8")
-            np.copyto(view, texture[:, i:i + width])
-            msg.header.frame_id = "camera"
-            msg.header.stamp = cam.get_clock().now().to_msg()
-            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            msg, key = rig.frame(texture, i, width, height)
             sent = time.perf_counter()
-            pub.publish(msg)
-            with cond:
-                ok = cond.wait_for(lambda key=key: key in infos and all(
-                    key in arrivals[t] for t in topics), timeout=timeout)
+            rig.pub.publish(msg)
+            with rig.cond:
+                ok = rig.cond.wait_for(lambda key=key: key in rig.infos and all(
+                    key in rig.arrivals[t] for t in topics), timeout=timeout)
             if not ok:
                 raise RuntimeError(f"frame {i}: no outputs within {timeout} s")
-            info = infos[key]
+            info = rig.infos[key]
             for rec in list(node.stats.frames):
                 pipeline_by_index[rec.frame_index] = rec.pipeline_ms
             if i < warmup:
                 continue
             pipe_ms = pipeline_by_index[info.frame_index]
-            lat = (arrivals["labels"][key] - sent) * 1e3
-            last = max(arrivals[t][key] for t in topics)
+            lat = (rig.arrivals["labels"][key] - sent) * 1e3
+            last = max(rig.arrivals[t][key] for t in topics)
             e2e.append(lat)
             pipeline.append(pipe_ms)
             node_total.append(info.total_ms)
@@ -149,7 +187,7 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
             return {f"{name}_median_ms": float(np.median(a)),
                     f"{name}_p95_ms": float(np.percentile(a, 95))}
 
-        result = {
+        return {
             "width": width, "height": height, "frames": frames,
             "network_input": [node.segmenter.config.model.input_width,
                               node.segmenter.config.model.input_height],
@@ -160,20 +198,77 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
             **stats(node_total, "node_receive_to_publish"),
             **stats(extra, "all_outputs_overhead"),
         }
-        return result
-    finally:
-        stopped = all([t.stop() for t in threads])  # before destroying anything: see spin.py
-        if stopped:
-            for ex in executors:
-                ex.shutdown(timeout_sec=2.0)
-        if node is not None:
-            node.close()
-            if stopped:
-                node.destroy_node()
-        if cam is not None and stopped:
-            cam.destroy_node()
-        for ctx in (node_ctx, cam_ctx):
-            rclpy.try_shutdown(context=ctx)
+
+
+# Drop share below which a rate counts as held (the ros2_benchmark definition).
+PEAK_MAX_DROPPED = 0.05
+
+
+def run_peak(width: int = 640, height: int = 480, *, seconds: float = 3.0,
+             config: str | None = None, checkpoint: str | None = None, device: str = "auto",
+             key_interval: int = 5, rates: tuple[float, ...] | None = None,
+             domain_id: int | None = None, timeout: float = 30.0, log=print) -> dict:
+    """The highest camera rate the node holds with under 5 % of frames dropped.
+
+    Frames are published open-loop at each rate for ``seconds`` (after a second of warm-up
+    at that rate); a frame counts as dropped when no FrameInfo with its stamp came back.
+    Rates double from 5 Hz until one fails, then a bisection narrows the edge to 5 %.
+    """
+    with _Rig(_overrides(config, checkpoint, device, key_interval), ("labels",),
+              domain_id=domain_id, timeout=timeout) as rig:
+        rng = np.random.default_rng(1)
+        texture = rng.integers(0, 256, (height, width + 64, 3), dtype=np.uint8)
+        trials: list[dict] = []
+        counter = [0]
+
+        def trial(rate: float) -> dict:
+            period = 1.0 / rate
+            sent_keys = []
+            n_warm, n = int(rate), max(int(rate * seconds), 10)
+            t_next = time.perf_counter()
+            for i in range(n_warm + n):
+                msg, key = rig.frame(texture, counter[0], width, height)
+                counter[0] += 1
+                rig.pub.publish(msg)
+                if i >= n_warm:
+                    sent_keys.append(key)
+                t_next += period
+                time.sleep(max(0.0, t_next - time.perf_counter()))
+            time.sleep(min(2.0, 10 * period) + 0.5)  # the last frames' outputs
+            with rig.cond:
+                answered = sum(k in rig.infos for k in sent_keys)
+            row = {"rate_hz": round(rate, 2), "sent": len(sent_keys), "answered": answered,
+                   "dropped_share": round(1.0 - answered / len(sent_keys), 4)}
+            row["held"] = row["dropped_share"] < PEAK_MAX_DROPPED
+            trials.append(row)
+            log(f"  {row['rate_hz']:7.2f} Hz: {answered}/{len(sent_keys)} answered, "
+                f"{100 * row['dropped_share']:.1f}% dropped -> "
+                f"{'held' if row['held'] else 'not held'}")
+            return row
+
+        held, failed = 0.0, None
+        for rate in (rates or (5.0, 10.0, 20.0, 40.0, 80.0, 160.0)):
+            if trial(rate)["held"]:
+                held = rate
+            else:
+                failed = rate
+                break
+        if failed is not None and held and not rates:
+            lo, hi = held, failed
+            while hi / lo > 1.1:
+                mid = (lo * hi) ** 0.5
+                if trial(mid)["held"]:
+                    lo = mid
+                else:
+                    hi = mid
+            held = lo
+        node = rig.node
+        return {"width": width, "height": height, "mode": node.segmenter.mode,
+                "device": str(node.segmenter.device), "key_interval": key_interval,
+                "network_input": [node.segmenter.config.model.input_width,
+                                  node.segmenter.config.model.input_height],
+                "peak_rate_hz": round(held, 2), "max_dropped_share": PEAK_MAX_DROPPED,
+                "trials": trials}
 
 
 def format_result(r: dict) -> str:
@@ -206,6 +301,18 @@ def main_from_args(args: argparse.Namespace) -> int:
     camera = getattr(args, "camera", None)
     if camera:
         width, height = (int(v) for v in str(camera).lower().split("x"))
+    if getattr(args, "peak", False):
+        print(f"davss bench --node --peak: {width}x{height} camera, open-loop at rising "
+              f"rates, held = under {100 * PEAK_MAX_DROPPED:.0f}% of frames dropped")
+        result = run_peak(width, height, config=getattr(args, "config", None),
+                          checkpoint=getattr(args, "checkpoint", None),
+                          device=getattr(args, "device", "auto"),
+                          key_interval=getattr(args, "key_interval", 5))
+        print(f"peak rate held: {result['peak_rate_hz']:.1f} frames/s ({result['mode']}, key "
+              f"interval {result['key_interval']}, network {result['network_input'][0]}x"
+              f"{result['network_input'][1]} on {result['device']})")
+        _write_json(getattr(args, "json", None), result)
+        return 0
     result = run_node_bench(
         width, height,
         getattr(args, "frames", 60), config=getattr(args, "config", None),
@@ -213,14 +320,17 @@ def main_from_args(args: argparse.Namespace) -> int:
         key_interval=getattr(args, "key_interval", 5),
         subscribe=OUTPUT_TOPICS if getattr(args, "all_outputs", False) else ("labels",))
     print(format_result(result))
-    out = getattr(args, "json", None)
+    _write_json(getattr(args, "json", None), result)
+    return 0
+
+
+def _write_json(out, result: dict) -> None:
     if isinstance(out, (str, os.PathLike)):
         with open(out, "w") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {out}")
     elif out:
         print(json.dumps(result, indent=2))
-    return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -418,7 +418,7 @@ def test_worker_puts_every_item_in_exactly_one_outcome():
                                on_discard=discarded.append)
     outcomes = [worker.offer(0)]
     deadline = time.monotonic() + TIMEOUT
-    while worker._has_item and time.monotonic() < deadline:  # 0 is being processed
+    while worker.waiting and time.monotonic() < deadline:  # 0 is being processed
         time.sleep(0.005)
     outcomes += [worker.offer(1), worker.offer(2)]  # 2 replaces 1
     assert worker.clear() and not worker.clear()  # 2 is discarded
@@ -651,3 +651,22 @@ def test_configure_cleanup_cycles_leak_no_threads_publishers_or_memory(seg, prob
     print(f"15 configure/cleanup cycles: RSS {growth:+.1f} MB, OS threads "
           f"{before['os_threads']} -> {after['os_threads']}")
     assert growth < 40, f"RSS grew {growth:.1f} MB over 15 configure/cleanup cycles"
+
+
+def test_worker_keeps_one_slot_per_stream_and_takes_the_oldest_waiting_first():
+    from davss_ros.ros.worker import LatestFrameWorker
+
+    gate, processed = threading.Event(), []
+    worker = LatestFrameWorker(lambda item: (gate.wait(TIMEOUT), processed.append(item)))
+    worker.offer("a0", "front")
+    deadline = time.monotonic() + TIMEOUT
+    while worker.waiting and time.monotonic() < deadline:  # a0 is being processed
+        time.sleep(0.005)
+    outcomes = [worker.offer("a1", "front"), worker.offer("b1", "rear"),
+                worker.offer("a2", "front")]  # a2 replaces a1 only, and queues behind b1
+    assert outcomes == ["queued", "queued", "replaced"] and worker.waiting == 2
+    assert worker.dropped_by("front") == 1 and worker.dropped_by("rear") == 0
+    gate.set()
+    assert worker.wait_idle(timeout=5.0)
+    assert processed == ["a0", "b1", "a2"]
+    assert worker.stop(timeout=5.0)

@@ -448,7 +448,7 @@ def test_worker_keeps_only_the_newest_frame_and_counts_drops():
     try:
         assert worker.submit(0) is False  # taken at once; the worker blocks on the gate
         deadline = time.monotonic() + TIMEOUT
-        while worker._has_item and time.monotonic() < deadline:
+        while worker.waiting and time.monotonic() < deadline:
             time.sleep(0.01)
         assert worker.submit(1) is False  # waits in the slot
         assert worker.submit(2) is True  # replaces 1: one drop

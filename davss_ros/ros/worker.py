@@ -1,9 +1,10 @@
-"""A worker thread with a one-frame slot: the newest frame wins.
+"""A worker thread with a one-frame slot per stream: the newest frame wins.
 
-The subscription callback only drops the message into the slot and returns, so the
-executor never waits for the network. When a frame arrives while the previous one is still
-waiting, the waiting one is dropped and counted: under load the node segments the newest
-frame instead of building a queue of stale ones.
+The subscription callback only drops the message into its stream's slot (one per camera)
+and returns, so the executor never waits for the network. When a frame arrives while the
+previous one of the same stream is still waiting, the waiting one is dropped and counted:
+under load the node segments the newest frame instead of building a queue of stale ones.
+The streams' waiting frames are taken oldest first, so no camera starves another.
 
 Every submitted item ends in exactly one of: processed (``process`` returned or raised),
 dropped (replaced by a newer one), or discarded (cleared, or still waiting or refused when
@@ -38,11 +39,11 @@ class LatestFrameWorker(Generic[T]):
         self._on_error = on_error
         self._on_discard = on_discard
         self._cond = threading.Condition()
-        self._slot: T | None = None
-        self._has_item = False
+        self._slots: dict = {}  # stream -> waiting item, oldest first
         self._busy = False
         self._stopping = False
         self._dropped = 0
+        self._dropped_by: dict = {}
         self._processed = 0
         self._discarded = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -52,6 +53,15 @@ class LatestFrameWorker(Generic[T]):
     def dropped(self) -> int:
         """Frames replaced by a newer one before the worker took them."""
         return self._dropped
+
+    def dropped_by(self, stream=None) -> int:
+        """Drops of one stream."""
+        return self._dropped_by.get(stream, 0)
+
+    @property
+    def waiting(self) -> int:
+        """Items waiting in their slots (at most one per stream)."""
+        return len(self._slots)
 
     @property
     def processed(self) -> int:
@@ -66,63 +76,64 @@ class LatestFrameWorker(Generic[T]):
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, item: T) -> bool:
-        """Put ``item`` in the slot; True when it replaced a waiting item (one drop).
-
-        After ``stop`` the item is refused (discarded) and the answer is False.
+    def submit(self, item: T, stream=None) -> bool:
+        """Put ``item`` in ``stream``'s slot; True when it replaced a waiting item of that
+        stream (one drop). After ``stop`` the item is refused (discarded), answer False.
         """
-        return self.offer(item) == "replaced"
+        return self.offer(item, stream) == "replaced"
 
-    def offer(self, item: T) -> str:
+    def offer(self, item: T, stream=None) -> str:
         """Like ``submit``; says what happened: 'queued', 'replaced' or 'refused'."""
         with self._cond:
             if self._stopping:
                 self._discarded += 1
                 outcome = "refused"
             else:
-                outcome = "replaced" if self._has_item else "queued"
-                if self._has_item:
+                replaced = stream in self._slots
+                outcome = "replaced" if replaced else "queued"
+                if replaced:
                     self._dropped += 1
-                self._slot, self._has_item = item, True
+                    self._dropped_by[stream] = self._dropped_by.get(stream, 0) + 1
+                    del self._slots[stream]  # the newest goes behind the other streams'
+                self._slots[stream] = item
                 self._cond.notify_all()
         if outcome == "refused":
             self._discarded_one(item)
         return outcome
 
     def clear(self) -> bool:
-        """Discard the waiting item, if any (not counted as a drop); True if there was one."""
+        """Discard the waiting items, if any (not counted as drops); True if there were."""
         with self._cond:
-            had, item = self._has_item, self._slot
-            self._slot, self._has_item = None, False
-            if had:
-                self._discarded += 1
-        if had:
+            items = list(self._slots.values())
+            self._slots.clear()
+            self._discarded += len(items)
+        for item in items:
             self._discarded_one(item)
-        return had
+        return bool(items)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing waits and nothing is being processed; False on timeout."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: not self._has_item and not self._busy, timeout=timeout)
+                lambda: not self._slots and not self._busy, timeout=timeout)
 
     def reset_counters(self) -> None:
         with self._cond:
             self._dropped = 0
+            self._dropped_by.clear()
             self._processed = 0
 
     def stop(self, timeout: float | None = 10.0) -> bool:
         """Discard the waiting item, finish the current one and end the thread."""
         with self._cond:
             self._stopping = True
-            had, item = self._has_item, self._slot
-            self._slot, self._has_item = None, False
-            if had:
-                self._discarded += 1
+            items = list(self._slots.values())
+            self._slots.clear()
+            self._discarded += len(items)
             self._cond.notify_all()
-        if had:
+        for item in items:
             self._discarded_one(item)
-        del item
+        del items
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -137,12 +148,12 @@ class LatestFrameWorker(Generic[T]):
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._has_item or self._stopping)
+                self._cond.wait_for(lambda: bool(self._slots) or self._stopping)
                 if self._stopping:
                     self._busy = False
                     self._cond.notify_all()
                     return
-                item, self._slot, self._has_item = self._slot, None, False
+                item = self._slots.pop(next(iter(self._slots)))
                 self._busy = True
             try:
                 self._process(item)

@@ -250,7 +250,8 @@ def active(seg, probe):
     # computed while subscribed).
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and not all(
-            p.get_subscription_count() > 0 for k, p in node._pubs.items() if k != "label_info"):
+            p.get_subscription_count() > 0 for k, p in node._pubs.items()
+            if k not in ("label_info", "camera_info")):
         time.sleep(0.05)
     return node
 

@@ -79,12 +79,18 @@ def davss_msg_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def typestore():
-    """A rosbags typestore with the ROS 2 Kilted messages and davss_msgs."""
+    """A rosbags typestore: ROS 2 Kilted, davss_msgs and vision_msgs' LabelInfo."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from davss_ros.ros.label_info import VISION_MSG_DEFINITIONS
 
     store = get_typestore(Stores.ROS2_KILTED)
     folder = davss_msg_dir()
     types = {}
+    # vision_msgs/LabelInfo: the node's ~/label_info where vision_msgs is installed.
+    for name, text in VISION_MSG_DEFINITIONS.items():
+        if name not in store.types:
+            types.update(get_types_from_msg(text, name))
     for name in ("FrameInfo", "LabelInfo"):
         text = (folder / f"{name}.msg").read_text()
         types.update(get_types_from_msg(text, f"davss_msgs/msg/{name}"))

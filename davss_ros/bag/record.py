@@ -17,7 +17,6 @@ from .io import (
     DIAGNOSTICS_TYPE,
     FRAME_INFO_TYPE,
     IMAGE_TYPE,
-    LABEL_INFO_TYPE,
     AtomicBagWriter,
     cdr_header_stamp,
     typestore,
@@ -84,7 +83,8 @@ class OutputRecorder:
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
-        from davss_msgs.msg import FrameInfo, LabelInfo
+        from davss_msgs.msg import FrameInfo
+        from davss_ros.ros.label_info import label_info_class, label_info_type_name
 
         self.node_fqn = node_fqn.rstrip("/")
         self.writer = writer
@@ -105,8 +105,10 @@ class OutputRecorder:
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._subscribe(ros_node, "label_info", f"{self.node_fqn}/label_info", LABEL_INFO_TYPE,
-                        LabelInfo, latched)
+        # The node's label_info type: vision_msgs/LabelInfo where vision_msgs is installed.
+        self._label_info_type = label_info_type_name()
+        self._subscribe(ros_node, "label_info", f"{self.node_fqn}/label_info",
+                        self._label_info_type, label_info_class(), latched)
         diag = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
                           reliability=ReliabilityPolicy.RELIABLE)
         self._subscribe(ros_node, "diagnostics", "/diagnostics", DIAGNOSTICS_TYPE,
@@ -127,7 +129,7 @@ class OutputRecorder:
             if key == "frame_info":
                 self._on_frame_info(stamp, raw, now)
             elif key == "label_info":
-                msg = typestore().deserialize_cdr(raw, LABEL_INFO_TYPE)
+                msg = typestore().deserialize_cdr(raw, self._label_info_type)
                 with self.state.cond:
                     self.state.label_info = msg
                     self.state.cond.notify_all()

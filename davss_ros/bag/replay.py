@@ -238,9 +238,12 @@ class _Replay:
         from davss_ros.classes import default_class_names, default_palette
 
         if label_info is not None:
-            names = list(label_info.class_names)
-            palette = np.asarray(label_info.palette, np.uint8).reshape(-1, 3)
-            ignore = int(label_info.ignore_id)
+            from davss_ros.ros.label_info import read_label_info
+
+            table = read_label_info(label_info)  # vision_msgs' has no palette: the default
+            names, ignore = table.class_names, table.ignore_id
+            palette = table.palette if table.palette is not None else np.asarray(
+                default_palette(len(names)), np.uint8)
         else:
             n = self.node.segmenter.num_classes if self.node is not None else 19
             names, palette, ignore = default_class_names(n), \

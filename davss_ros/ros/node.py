@@ -34,13 +34,17 @@ failed + discarded):
 
 Topics (relative, so one node per camera works under its own namespace):
 ``image`` (input, sensor_msgs/Image), ``~/labels``, ``~/labels_color``, ``~/overlay``,
-``~/distortion``, ``~/frame_info``, ``~/label_info``, and ``/diagnostics``.
+``~/distortion``, ``~/frame_info``, ``~/label_info``, and ``/diagnostics``. When a
+``camera_info`` topic exists beside the input (``/camera/camera_info`` for
+``/camera/image_raw``), its newest message is republished on ``~/camera_info`` with each
+frame's header, just before the labels.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 import signal
 import sys
 import threading
@@ -58,14 +62,15 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 
-from davss_msgs.msg import FrameInfo, LabelInfo
+from davss_msgs.msg import FrameInfo
 
 from . import params as P
 from .diagnostics import FrameRecord, SegmenterStats, build_status
 from .env import ensure_large_data_transport
 from .image import ImageError, image_to_rgb, new_image
+from .label_info import label_info_class, make_label_info
 from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
 from .worker import LatestFrameWorker
 
@@ -130,6 +135,9 @@ class SegmenterNode(LifecycleNode):
         self._label_info_sent = False
         self._worker: LatestFrameWorker | None = None
         self._sub = None
+        # The camera_info beside the input image, republished with each frame's header.
+        self._info_sub = None
+        self._camera_info: CameraInfo | None = None
         self._pubs: dict[str, object] = {}
         # publisher gid -> last publication sequence number seen (frames lost in transport)
         self._last_seq: OrderedDict[bytes, int] = OrderedDict()
@@ -191,6 +199,10 @@ class SegmenterNode(LifecycleNode):
             self._last_seq = OrderedDict()  # a new subscription: sequence gaps start afresh
             self._sub = self.create_subscription(
                 Image, "image", self._on_image, input_qos(self._settings.reliability),
+                event_callbacks=_no_events(SubscriptionEventCallbacks))
+            self._info_sub = self.create_subscription(
+                CameraInfo, camera_info_topic(self.resolve_topic_name("image")),
+                self._on_camera_info, input_qos(self._settings.reliability),
                 event_callbacks=_no_events(SubscriptionEventCallbacks))
         except Exception as exc:
             self.get_logger().error(f"activate failed: {_describe(exc)}")
@@ -339,29 +351,29 @@ class SegmenterNode(LifecycleNode):
             "overlay": create(Image, "~/overlay", qos),
             "distortion": create(Image, "~/distortion", qos),
             "frame_info": create(FrameInfo, "~/frame_info", qos),
-            "label_info": create(LabelInfo, "~/label_info", latched_qos()),
+            "camera_info": create(CameraInfo, "~/camera_info", qos),
+            # vision_msgs/LabelInfo where vision_msgs is installed (see label_info.py).
+            "label_info": create(label_info_class(), "~/label_info", latched_qos()),
         }
         self._label_info_sent = False
         lut = np.zeros((256, 3), np.uint8)  # ignore (255) and unknown ids draw black
         lut[: seg.num_classes] = np.asarray(seg.palette, np.uint8).reshape(-1, 3)
         self._lut = lut
 
-    def _label_info(self) -> LabelInfo:
+    def _label_info(self):
         seg = self._seg
-        msg = LabelInfo()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.class_ids = list(range(seg.num_classes))
-        msg.class_names = list(seg.class_names)
-        msg.palette = [int(v) for c in seg.palette for v in c]
-        msg.ignore_id = int(seg.ignore_id)
-        msg.threshold = 0.0
-        return msg
+        return make_label_info(list(seg.class_names), seg.palette, int(seg.ignore_id),
+                               self.get_clock().now().to_msg())
 
     # -- teardown helpers ----------------------------------------------------------------
     def _destroy_subscription(self) -> None:
         if self._sub is not None:
             self.destroy_subscription(self._sub)
             self._sub = None
+        if self._info_sub is not None:
+            self.destroy_subscription(self._info_sub)
+            self._info_sub = None
+        self._camera_info = None
 
     def _stop_processing(self) -> None:
         """Unsubscribe, drop the waiting frame and wait for the one in flight."""
@@ -403,6 +415,9 @@ class SegmenterNode(LifecycleNode):
         elif worker.offer((msg, received)) == "replaced":
             self.stats.record_drop()
         # 'refused' (the worker is stopping) is counted by the worker's on_discard
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg  # the newest; published with the next frame's outputs
 
     def _track_sequence(self, info) -> None:
         """Count frames a publisher sent that never reached this subscription.
@@ -525,6 +540,10 @@ class SegmenterNode(LifecycleNode):
                  t0: float, t1: float, t2: float) -> None:
         pubs, live, header = self._pubs, self._live, msg.header
         h, w = result.labels.shape
+        camera_info = self._camera_info
+        if camera_info is not None:  # first, so it is there when the labels arrive
+            camera_info.header = header  # this worker is its only user after the callback
+            pubs["camera_info"].publish(camera_info)
         if live.labels:
             out, view = new_image(h, w, "mono8", header)
             np.copyto(view, result.labels)
@@ -638,6 +657,11 @@ class SegmenterNode(LifecycleNode):
             self.get_logger().info(
                 f"{', '.join(later)} changed: takes effect at the next configure "
                 "(deactivate, cleanup, configure, activate)")
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The camera_info topic beside an image topic (image_transport's convention)."""
+    return posixpath.join(posixpath.dirname(image_topic), "camera_info")
 
 
 def _schedule_text(s) -> str:

@@ -31,6 +31,8 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "rosbags>=0.10",
+        # ONNX key segmenters; onnxruntime-gpu provides the same module with CUDA.
+        "onnxruntime>=1.17",
     ],
     zip_safe=True,
     maintainer="davss_ros maintainers",

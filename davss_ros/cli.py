@@ -24,8 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("davss_ros.bag.replay", "replay a bag through the node and score it"),
     "report": ("davss_ros.report", "evaluate, benchmark and write docs/RESULTS.md (PDA, "
                "CCA, ablations, scheduling, upper bound)"),
-    "export": ("davss_ros.export", "write a deployable (float16) copy of a checkpoint, "
-               "checked against its source"),
+    "export": ("davss_ros.export", "write a deployable (float16) copy of a checkpoint, or "
+               "its segmenter as ONNX / TorchScript, checked against the source"),
     "soak": ("davss_ros.ros.soak", "run the node for minutes under a camera stream: memory, "
              "latency drift, frame accounting"),
     "import-authors": ("davss_ros.importers.authors", "the DAVSS authors' model as a checkpoint"),

@@ -70,7 +70,7 @@ FLOW_PROVIDERS = Registry("flow provider", {
     "dis": "davss_ros.model.flow:DISFlow",
     "learned": "davss_ros.model.flow:LearnedFlow",
 })
-# KeySegmenter class with load(path, info, *, device) (native: built from a checkpoint)
+# KeySegmenter class with from_file(path, *, info=None, device, sha256) (native: from a checkpoint)
 KEY_SEGMENTERS = Registry("key segmenter kind", {
     "native": "davss_ros.segmenters.native:NativeSegmenter",
     "torchscript": "davss_ros.segmenters.torchscript:TorchScriptSegmenter",

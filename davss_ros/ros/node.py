@@ -62,14 +62,14 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from davss_msgs.msg import FrameInfo
 
 from . import params as P
 from .diagnostics import FrameRecord, SegmenterStats, build_status
 from .env import ensure_large_data_transport
-from .image import ImageError, image_to_rgb, new_image
+from .image import ImageError, compressed_to_rgb, image_to_rgb, new_image
 from .label_info import label_info_class, make_label_info
 from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
 from .worker import LatestFrameWorker
@@ -109,6 +109,7 @@ class _Live:
     overlay: bool = True
     distortion: bool = True
     alpha: float = 0.5
+    confidence: bool = True
 
 
 class SegmenterNode(LifecycleNode):
@@ -130,6 +131,9 @@ class SegmenterNode(LifecycleNode):
         self._lut = np.zeros((256, 3), np.uint8)
         self._model_text = "none"
         self._framed_size: tuple[int, int] | None = None
+        # Running average of the input's arrival intervals (s), for the budget policy.
+        self._last_arrival: float | None = None
+        self._arrival_period: float | None = None
         self._untrained = False
         self._active = False
         self._label_info_sent = False
@@ -172,7 +176,7 @@ class SegmenterNode(LifecycleNode):
         self._settings = settings
         self._live = _Live(settings.output_labels, settings.output_labels_color,
                            settings.output_overlay, settings.output_distortion,
-                           settings.overlay_alpha)
+                           settings.overlay_alpha, settings.output_confidence)
         with self._seg_lock:
             self._seg = seg
         self.stats.reset()
@@ -197,8 +201,12 @@ class SegmenterNode(LifecycleNode):
                 self._label_info_sent = True
             self._active = True
             self._last_seq = OrderedDict()  # a new subscription: sequence gaps start afresh
+            self._last_arrival = self._arrival_period = None
+            compressed = self._settings.transport == "compressed"
             self._sub = self.create_subscription(
-                Image, "image", self._on_image, input_qos(self._settings.reliability),
+                CompressedImage if compressed else Image,
+                "image/compressed" if compressed else "image", self._on_image,
+                input_qos(self._settings.reliability),
                 event_callbacks=_no_events(SubscriptionEventCallbacks))
             self._info_sub = self.create_subscription(
                 CameraInfo, camera_info_topic(self.resolve_topic_name("image")),
@@ -350,6 +358,7 @@ class SegmenterNode(LifecycleNode):
             "labels_color": create(Image, "~/labels_color", qos),
             "overlay": create(Image, "~/overlay", qos),
             "distortion": create(Image, "~/distortion", qos),
+            "confidence": create(Image, "~/confidence", qos),
             "frame_info": create(FrameInfo, "~/frame_info", qos),
             "camera_info": create(CameraInfo, "~/camera_info", qos),
             # vision_msgs/LabelInfo where vision_msgs is installed (see label_info.py).
@@ -360,10 +369,10 @@ class SegmenterNode(LifecycleNode):
         lut[: seg.num_classes] = np.asarray(seg.palette, np.uint8).reshape(-1, 3)
         self._lut = lut
 
-    def _label_info(self):
+    def _label_info(self, stamp=None):
         seg = self._seg
         return make_label_info(list(seg.class_names), seg.palette, int(seg.ignore_id),
-                               self.get_clock().now().to_msg())
+                               stamp if stamp is not None else self.get_clock().now().to_msg())
 
     # -- teardown helpers ----------------------------------------------------------------
     def _destroy_subscription(self) -> None:
@@ -407,6 +416,12 @@ class SegmenterNode(LifecycleNode):
         # Executor thread: store and return; the worker does the rest. Two parameters (no
         # default) make rclpy pass the MessageInfo.
         received = time.perf_counter()
+        last = self._last_arrival
+        self._last_arrival = received
+        if last is not None and received > last:
+            gap = received - last
+            prev = self._arrival_period
+            self._arrival_period = gap if prev is None else 0.3 * gap + 0.7 * prev
         self.stats.record_input()
         self._track_sequence(info)
         worker = self._worker
@@ -504,7 +519,8 @@ class SegmenterNode(LifecycleNode):
                 return
             t0 = time.perf_counter()
             try:
-                rgb = image_to_rgb(msg)
+                rgb = (compressed_to_rgb(msg) if isinstance(msg, CompressedImage)
+                       else image_to_rgb(msg))
             except ImageError as exc:
                 self._frame_rejected(exc.kind, str(exc))
                 return
@@ -519,8 +535,10 @@ class SegmenterNode(LifecycleNode):
                                        f"(input.resize {seg.resize})")
             t1 = time.perf_counter()
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            budget = self._budget_ms(seg, received, t0) \
+                if seg.config.schedule.policy == "budget" else None
             try:
-                result = seg.step(rgb, stamp if stamp > 0 else None)
+                result = seg.step(rgb, stamp if stamp > 0 else None, budget_ms=budget)
             except Exception as exc:  # out of memory, a CUDA error, ...: skip the frame
                 self._step_failed(seg, exc)
                 return
@@ -536,6 +554,20 @@ class SegmenterNode(LifecycleNode):
             self.stats.record_forced_key(result.key_reason)
         self._publish(msg, rgb, result, received, t0, t1, t2)
 
+    def _budget_ms(self, seg, received: float, started: float) -> float | None:
+        """The time this frame may take before the stream falls behind (budget policy).
+
+        The next frame can wait in the worker's slot, so this frame and the next together
+        have two frame periods from this frame's arrival; what is already spent waiting
+        and what the next frame will cost (a non-key frame) come off. The period is the
+        running average of the input's arrival intervals."""
+        period = self._arrival_period
+        if period is None:
+            return None
+        late_ms = (started - received) * 1e3
+        nonkey = seg.expected_ms["nonkey"] or 0.0
+        return 2.0 * period * 1e3 - late_ms - nonkey
+
     def _publish(self, msg: Image, rgb: np.ndarray, result, received: float,
                  t0: float, t1: float, t2: float) -> None:
         pubs, live, header = self._pubs, self._live, msg.header
@@ -548,6 +580,13 @@ class SegmenterNode(LifecycleNode):
             out, view = new_image(h, w, "mono8", header)
             np.copyto(view, result.labels)
             pubs["labels"].publish(out)
+        if live.confidence and pubs["confidence"].get_subscription_count() > 0:
+            conf_msg, conf = new_image(h, w, "mono8", header)
+            np.copyto(conf, result.confidence)
+            pubs["confidence"].publish(conf_msg)
+        # LabelInfo with every frame's stamp too, so that a consumer pairing labels,
+        # confidence and LabelInfo by exact stamp (Nav2's semantic layer) finds all three.
+        pubs["label_info"].publish(self._label_info(header.stamp))
         want_color = live.labels_color and pubs["labels_color"].get_subscription_count() > 0
         want_overlay = live.overlay and pubs["overlay"].get_subscription_count() > 0
         if want_color or want_overlay:
@@ -639,7 +678,8 @@ class SegmenterNode(LifecycleNode):
             labels_color=values.get("output.labels_color", live.labels_color),
             overlay=values.get("output.overlay", live.overlay),
             distortion=values.get("output.distortion", live.distortion),
-            alpha=float(values.get("overlay.alpha", live.alpha)))
+            alpha=float(values.get("overlay.alpha", live.alpha)),
+            confidence=values.get("output.confidence", live.confidence))
         if "input.max_stamp_gap" in values:
             with self._seg_lock:
                 if self._seg is not None:
@@ -667,6 +707,9 @@ def camera_info_topic(image_topic: str) -> str:
 def _schedule_text(s) -> str:
     if s.policy == "fixed":
         return f"fixed, key every {s.key_interval} frames"
+    if s.policy == "budget":
+        return (f"budget, a key frame whenever one fits the camera's rate, at most "
+                f"{s.max_interval} frames apart")
     return (f"adaptive, {s.metric} distortion > {s.threshold:g}, "
             f"at most {s.max_interval} frames apart")
 

@@ -112,6 +112,11 @@ SPECS: dict[str, Spec] = {
         "its own) or crop (scaled to cover, aspect kept, the overflow cut; those pixels are "
         "labelled 255). Outputs always map back to the input image's pixels.",
         choices=("letterbox", "stretch", "crop")),
+    "input.transport": Spec(
+        "raw", "raw: sensor_msgs/Image on 'image'. compressed: sensor_msgs/CompressedImage "
+        "(JPEG or PNG, image_transport's 'compressed') on 'image/compressed', decoded off "
+        "the subscription callback; corrupt or truncated data is a rejected frame.",
+        choices=("raw", "compressed")),
     "input.max_stamp_gap": Spec(
         1.0, "Seconds: a header stamp jumping forward by more than this between two "
         "processed frames (camera pause, bag skipping ahead) resets the propagation, so the "
@@ -129,6 +134,10 @@ SPECS: dict[str, Spec] = {
     "output.distortion": Spec(
         True, "Publish ~/distortion (32FC1 distortion map in [0, 1]) while it has "
         "subscribers.", applies="live"),
+    "output.confidence": Spec(
+        True, "Publish ~/confidence (mono8: 255 x the probability that the label equals the "
+        "key segmenter's; 255 on key frames) while it has subscribers, with the labels' "
+        "header.", applies="live"),
     "overlay.alpha": Spec(
         0.5, "Weight of the label colours in ~/overlay (0 = input only, 1 = colours only).",
         applies="live", float_range=(0.0, 1.0)),
@@ -219,11 +228,13 @@ class NodeParams:
     input_width: int
     input_height: int
     resize: str
+    transport: str
     max_stamp_gap: float
     output_labels: bool
     output_labels_color: bool
     output_overlay: bool
     output_distortion: bool
+    output_confidence: bool
     overlay_alpha: float
     reliability: str
     output_reliability: str
@@ -250,11 +261,13 @@ def read(node: Node) -> NodeParams:
         input_width=values["input.width"],
         input_height=values["input.height"],
         resize=values["input.resize"],
+        transport=values["input.transport"],
         max_stamp_gap=float(values["input.max_stamp_gap"]),
         output_labels=values["output.labels"],
         output_labels_color=values["output.labels_color"],
         output_overlay=values["output.overlay"],
         output_distortion=values["output.distortion"],
+        output_confidence=values["output.confidence"],
         overlay_alpha=float(values["overlay.alpha"]),
         reliability=values["qos.reliability"],
         output_reliability=values["qos.output_reliability"],

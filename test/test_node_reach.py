@@ -1,0 +1,162 @@
+"""The node's reach: compressed input, the confidence image beside the labels and LabelInfo
+(paired by exact stamp, as Nav2's semantic layer pairs them), and the budget schedule.
+Real rclpy and FastDDS."""
+
+import time
+
+import numpy as np
+import pytest
+from rclpy.lifecycle import TransitionCallbackReturn
+from sensor_msgs.msg import CompressedImage, Image
+from test_node import (
+    SMALL_MODEL_YAML,
+    TIMEOUT,
+    H,
+    Probe,
+    Segmenter,
+    W,
+    _domain_id,
+    frame,
+    send_closed_loop,
+    stamp_key,
+)
+
+from davss_msgs.msg import FrameInfo
+from davss_ros.ros.image import image_to_rgb, rgb_to_compressed
+from davss_ros.ros.label_info import label_info_class
+from davss_ros.ros.qos import latched_qos
+
+SUCCESS = TransitionCallbackReturn.SUCCESS
+
+
+@pytest.fixture
+def small_yaml(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL_MODEL_YAML)
+    return str(path)
+
+
+def _start(domain, small_yaml, **extra):
+    seg = Segmenter(domain, {"model.config": small_yaml, "model.device": "cpu",
+                             "input.width": W, "input.height": H, **extra})
+    node = seg.node
+    assert node.trigger_configure() == SUCCESS, node._configure_error
+    assert node.trigger_activate() == SUCCESS
+    return seg
+
+
+def _compressed(i: int, kind: str = "png") -> CompressedImage:
+    raw = frame(i)
+    msg = rgb_to_compressed(np.asarray(image_to_rgb(raw)), kind)
+    msg.header = raw.header
+    return msg
+
+
+def test_compressed_frames_are_decoded_and_a_truncated_one_is_rejected(small_yaml):
+    domain = _domain_id()
+    probe = Probe(domain)
+    probe.listen("/davss_segmenter/labels", Image)
+    probe.listen("/davss_segmenter/frame_info", FrameInfo)
+    probe.pubs["/image/compressed"] = probe.node.create_publisher(
+        CompressedImage, "/image/compressed", 10)
+    seg = _start(domain, small_yaml, **{"input.transport": "compressed"})
+    try:
+        probe.wait_matched(["/image/compressed"], ["/davss_segmenter/labels"])
+        infos = send_closed_loop(probe, "/image/compressed", "/davss_segmenter/frame_info",
+                                 [_compressed(0), _compressed(1, "jpeg")], resend_first_s=1.0)
+        assert [m.is_key_frame for m in infos] == [True, False]
+        labels = probe.messages("/davss_segmenter/labels")
+        assert [stamp_key(m.header) for m in labels[:2]] == [stamp_key(m.header) for m in infos]
+        assert (labels[0].height, labels[0].width) == (H, W)
+
+        bad = _compressed(2, "jpeg")
+        bad.data = bad.data[: len(bad.data) // 2]
+        probe.publisher("/image/compressed").publish(bad)
+        node = seg.node
+        deadline = time.monotonic() + TIMEOUT
+        while node.stats.rejected < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert node.stats.rejected == 1
+        more = send_closed_loop(probe, "/image/compressed", "/davss_segmenter/frame_info",
+                                [_compressed(3)])
+        assert len(more) == 1  # still running
+    finally:
+        seg.close()
+        probe.close()
+
+
+def test_labels_confidence_and_label_info_pair_by_exact_stamp_for_every_frame(small_yaml):
+    domain = _domain_id()
+    probe = Probe(domain)
+    for topic in ("labels", "confidence"):
+        probe.listen(f"/davss_segmenter/{topic}", Image)
+    probe.listen("/davss_segmenter/frame_info", FrameInfo)
+    probe.listen("/davss_segmenter/label_info", label_info_class(), latched_qos())
+    seg = _start(domain, small_yaml, **{"schedule.key_interval": 3})
+    try:
+        probe.wait_matched(["/image"], ["/davss_segmenter/labels",
+                                        "/davss_segmenter/confidence"])
+        deadline = time.monotonic() + TIMEOUT
+        while seg.node._pubs["confidence"].get_subscription_count() == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        infos = send_closed_loop(probe, "/image", "/davss_segmenter/frame_info",
+                                 [frame(i) for i in range(6)], resend_first_s=1.0)
+        stamps = [stamp_key(m.header) for m in infos]
+        assert probe.wait(lambda: all(
+            {stamp_key(m.header) for m in probe.got[f"/davss_segmenter/{t}"]} >= set(stamps)
+            for t in ("labels", "confidence", "label_info")))
+        by = {t: {stamp_key(m.header): m for m in probe.messages(f"/davss_segmenter/{t}")}
+              for t in ("labels", "confidence")}
+        for info, stamp in zip(infos, stamps, strict=True):
+            conf = np.frombuffer(bytes(by["confidence"][stamp].data), np.uint8)
+            assert by["confidence"][stamp].encoding == "mono8"
+            assert conf.size == by["labels"][stamp].height * by["labels"][stamp].width
+            if info.is_key_frame:
+                assert (conf == 255).all()
+            else:
+                assert conf.min() < 255
+    finally:
+        seg.close()
+        probe.close()
+
+
+def test_budget_schedule_keys_when_there_is_time_and_propagates_when_behind():
+    """The full-size untrained network (a key frame takes tens of ms here): at 2 Hz every
+    frame has time for a key frame; at 30 Hz there is not, so frames are propagated, with
+    a key frame at the latest after max_interval."""
+    domain = _domain_id()
+    probe = Probe(domain)
+    probe.listen("/davss_segmenter/frame_info", FrameInfo)
+    seg = Segmenter(domain, {"model.checkpoint": "untrained", "model.device": "cpu",
+                             "model.threads": 1, "schedule.policy": "budget",
+                             "schedule.max_interval": 6})
+    node = seg.node
+    assert node.trigger_configure() == SUCCESS, node._configure_error
+    assert node.trigger_activate() == SUCCESS
+    try:
+        probe.wait_matched(["/image"], ["/davss_segmenter/frame_info"])
+        slow = []
+        for i in range(4):
+            # the first frame again until answered: best effort drops what comes before the
+            # node's side of the discovery has matched the camera
+            slow += send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", [frame(i)],
+                                     resend_first_s=1.0 if i == 0 else None)
+            time.sleep(0.5)
+        assert all(m.is_key_frame for m in slow)
+        assert {m.key_reason for m in slow[2:]} == {"slack"}
+        key_ms = node.segmenter.expected_ms["key"]
+        assert key_ms > 2 * 1000 / 30 / 3  # it does not fit a 30 Hz budget with room to spare
+        probe.clear()
+        t_next = time.perf_counter()
+        for i in range(10, 100):
+            probe.publisher("/image").publish(frame(i))
+            t_next += 1 / 30
+            time.sleep(max(0.0, t_next - time.perf_counter()))
+        time.sleep(1.0)
+        fast = probe.messages("/davss_segmenter/frame_info")[10:]  # once the rate is known
+        assert fast and sum(not m.is_key_frame for m in fast) > len(fast) / 2
+        assert max(m.propagation_distance for m in fast) <= 6
+    finally:
+        seg.close()
+        probe.close()

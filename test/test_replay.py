@@ -161,7 +161,11 @@ def test_output_bag_holds_the_input_stamps(assets, closed_loop):
                 for _, m in msgs] == stamps, name
         assert all(m.header.frame_id == "camera" for _, m in msgs)
     assert outputs["distortion"][1][1].encoding == "32FC1"
-    assert len(outputs["label_info"]) == 1
+    # LabelInfo once at activation, then with every frame's stamp (labels, confidence and
+    # LabelInfo pair by exact stamp, as Nav2's semantic layer pairs them)
+    info_stamps = [m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+                   for _, m in outputs["label_info"]]
+    assert len(info_stamps) == len(stamps) + 1 and info_stamps[1:] == stamps
     # The node ran on the bag's clock (sim time): its diagnostics carry bag times.
     assert all(stamps[0] <= t <= stamps[-1] + 10**9 for t, _ in outputs.get("diagnostics", []))
 

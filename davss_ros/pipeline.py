@@ -278,9 +278,9 @@ class VideoSegmenter:
         if schedule is not None:
             over["schedule"] = (schedule.__dict__ if isinstance(schedule, ScheduleConfig)
                                 else dict(schedule))
-        if checkpoint is None:
-            base = preset if isinstance(preset, DavssConfig) else load_config(preset)
-            config: Any = DavssConfig.from_dict(_merge_dicts(base.to_dict(), over))
+        if checkpoint is None:  # a preset name, or a whole configuration, plus the overrides
+            config: Any = ({"preset": preset, **over} if isinstance(preset, str)
+                           else _merge_dicts(preset.to_dict(), over))
         else:
             config = over or None
         return cls(config, checkpoint, device, key_segmenter=key_segmenter, resize=resize,
@@ -553,7 +553,8 @@ def _merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _names_input_size(config: Any) -> bool:
-    """Whether a caller's configuration names the network input size."""
+    """Whether a caller's configuration names the network input size (a preset's own size
+    is a default, which a key segmenter's fixed input size replaces)."""
     if isinstance(config, DavssConfig):
         return True
     if isinstance(config, dict):

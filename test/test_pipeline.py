@@ -459,3 +459,18 @@ def test_budget_schedule_keys_only_when_the_expected_key_cost_fits():
     tight = [seg.step(shifted(base, i), budget_ms=1e-3).is_key for i in range(1, 4)]
     assert tight == [False, False, False]
     assert seg.step(shifted(base, 4), budget_ms=1e6).key_reason == "slack"
+
+
+def test_a_key_segmenter_of_fixed_input_size_sets_the_network_size_unless_one_is_asked():
+    from davss_ros.classes import default_palette
+    from davss_ros.segmenters import KeySegmenterError, NativeSegmenter, SegmenterInfo
+
+    info = SegmenterInfo(class_names=("r", "g", "b"), palette=tuple(default_palette(3)),
+                         input_size=(128, 256))
+    key = NativeSegmenter(_ColourSegmenter(), info)
+    seg = VideoSegmenter.from_checkpoint(None, key_segmenter=key, device="cpu")
+    assert seg.network_size == (128, 256)
+    assert seg.step(_colour_image(144, 176)).labels.shape == (144, 176)
+    with pytest.raises(KeySegmenterError, match="takes 256x128"):
+        VideoSegmenter.from_checkpoint(None, key_segmenter=key, input_size=(64, 128),
+                                       device="cpu")

@@ -193,15 +193,21 @@ def load_config(source: str | Path | dict[str, Any] | None) -> DavssConfig:
     elif isinstance(source, str) and not source.endswith((".yaml", ".yml")):
         return preset(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+        data = read_config_file(source)
     base = preset(data.pop("preset", "cpu")).to_dict()
     return DavssConfig.from_dict(_merge(base, data))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A model YAML as the mapping it holds (``preset:`` and the fields it changes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -31,7 +31,7 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint, load_weights
 from .classes import IGNORE_ID, default_class_names, default_palette
-from .config import DavssConfig, ScheduleConfig, load_config
+from .config import DavssConfig, ScheduleConfig, load_config, read_config_file
 from .model import build_davss_net, build_flow, fold_batchnorm
 from .model.step import FrameParts, PropagationState, mode_spec
 from .registry import FLOW_PROVIDERS
@@ -279,8 +279,13 @@ class VideoSegmenter:
             over["schedule"] = (schedule.__dict__ if isinstance(schedule, ScheduleConfig)
                                 else dict(schedule))
         if checkpoint is None:  # a preset name, or a whole configuration, plus the overrides
-            config: Any = ({"preset": preset, **over} if isinstance(preset, str)
-                           else _merge_dicts(preset.to_dict(), over))
+            if isinstance(preset, DavssConfig):
+                data = preset.to_dict()
+            elif preset.endswith((".yaml", ".yml")):
+                data = read_config_file(preset)
+            else:
+                data = {"preset": preset}
+            config: Any = _merge_dicts(data, over)
         else:
             config = over or None
         return cls(config, checkpoint, device, key_segmenter=key_segmenter, resize=resize,

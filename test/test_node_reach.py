@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 from test_node import (
@@ -24,6 +25,7 @@ from test_node import (
 from davss_msgs.msg import FrameInfo
 from davss_ros.ros.image import image_to_rgb, rgb_to_compressed
 from davss_ros.ros.label_info import label_info_class
+from davss_ros.ros.params import cameras_from
 from davss_ros.ros.qos import latched_qos
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
@@ -157,6 +159,76 @@ def test_budget_schedule_keys_when_there_is_time_and_propagates_when_behind():
         fast = probe.messages("/davss_segmenter/frame_info")[10:]  # once the rate is known
         assert fast and sum(not m.is_key_frame for m in fast) > len(fast) / 2
         assert max(m.propagation_distance for m in fast) <= 6
+    finally:
+        seg.close()
+        probe.close()
+
+
+def test_cameras_are_named_from_their_topics_or_explicitly_and_clashes_are_refused():
+    assert cameras_from([]) == [("", "image")]
+    assert cameras_from(["/front/image_raw", "rear/image", "left=/stereo/l/image_raw"]) == [
+        ("front", "/front/image_raw"), ("rear", "rear/image"), ("left", "/stereo/l/image_raw")]
+    with pytest.raises(ValueError, match="two cameras have the name 'cam'"):
+        cameras_from(["/a/cam/image_raw", "/b/cam/image_raw"])
+    with pytest.raises(ValueError, match="not a ROS name"):
+        cameras_from(["/2d/image_raw"])
+
+
+def test_two_cameras_in_one_node_have_their_own_outputs_state_and_diagnostics(small_yaml):
+    """One node, one model, two image topics: each camera's frames come out under
+    ~/<camera>/ with its own key-frame pattern (propagation state), its own counters and its
+    own status on /diagnostics; LabelInfo with each frame's stamp per camera."""
+    domain = _domain_id()
+    probe = Probe(domain)
+    node_ns = "/davss_segmenter"
+    for cam in ("front", "rear"):
+        probe.listen(f"{node_ns}/{cam}/labels", Image)
+        probe.listen(f"{node_ns}/{cam}/frame_info", FrameInfo)
+        probe.listen(f"{node_ns}/{cam}/label_info", label_info_class(), latched_qos())
+    probe.listen("/diagnostics", DiagnosticArray)
+    seg = _start(domain, small_yaml, image_topics=["/front/image_raw", "/rear/image_raw"],
+                 **{"schedule.key_interval": 3})
+    node = seg.node
+    try:
+        assert node.cameras == ["front", "rear"]
+        assert node.count_publishers(f"{node_ns}/labels") == 0  # no single-camera outputs
+        probe.wait_matched(["/front/image_raw", "/rear/image_raw"],
+                           [f"{node_ns}/front/frame_info", f"{node_ns}/rear/frame_info"])
+        front = send_closed_loop(probe, "/front/image_raw", f"{node_ns}/front/frame_info",
+                                 [frame(i) for i in range(4)], resend_first_s=1.0)
+        # The rear camera starts on its own key frame, whatever the front one did.
+        rear = send_closed_loop(probe, "/rear/image_raw", f"{node_ns}/rear/frame_info",
+                                [frame(i) for i in range(20, 22)], resend_first_s=1.0)
+        assert [m.is_key_frame for m in front] == [True, False, False, True]
+        assert [m.is_key_frame for m in rear] == [True, False]
+        assert [m.frame_index for m in rear] == [0, 1]
+        for cam, infos in (("front", front), ("rear", rear)):
+            stamps = {stamp_key(m.header) for m in infos}
+            assert probe.wait(lambda cam=cam, stamps=stamps: all(
+                {stamp_key(m.header) for m in probe.got[f"{node_ns}/{cam}/{t}"]} >= stamps
+                for t in ("labels", "label_info")))
+            assert {stamp_key(m.header) for m in probe.messages(f"{node_ns}/{cam}/labels")} \
+                == stamps  # nothing of the other camera
+        assert node.camera_stats("front").output_count == 4
+        assert node.camera_stats("rear").output_count == 2
+        assert node.stats.output_count == 6
+
+        def per_camera_statuses():
+            for array in reversed(probe.got["/diagnostics"]):
+                names = {s.name: s for s in array.status if s.hardware_id == node_ns}
+                if {f"{node_ns}: segmentation front", f"{node_ns}: segmentation rear"} \
+                        <= set(names):
+                    return names
+            return None
+
+        assert probe.wait(lambda: per_camera_statuses() is not None
+                          and "4" == {kv.key: kv.value for kv in per_camera_statuses()[
+                              f"{node_ns}: segmentation front"].values}["frames processed"])
+        statuses = per_camera_statuses()
+        values = {n: {kv.key: kv.value for kv in s.values} for n, s in statuses.items()}
+        assert values[f"{node_ns}: segmentation rear"]["input topic"] == "/rear/image_raw"
+        assert values[f"{node_ns}: segmentation rear"]["frames processed"] == "2"
+        assert values[f"{node_ns}: segmentation"]["frames processed"] == "6"
     finally:
         seg.close()
         probe.close()

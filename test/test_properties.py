@@ -163,6 +163,10 @@ ANY_VALUE = st.one_of(
 def _typed_value(name: str):
     """Values of the parameter's own ROS type, in and around its allowed set."""
     spec = P.SPECS[name]
+    if isinstance(spec.default, list):
+        return st.lists(st.sampled_from(["/front/image_raw", "/rear/image_raw", "image", "",
+                                         "left=/a/image", "1x=/b/image", "/", "x/y/z"]),
+                        max_size=3)
     if isinstance(spec.default, bool):
         return st.booleans()
     if isinstance(spec.default, int):
@@ -193,6 +197,9 @@ def test_validate_never_raises_and_what_it_accepts_fits_the_spec(name, value):
     elif isinstance(spec.default, float):
         lo, hi = spec.float_range
         assert not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi
+    elif isinstance(spec.default, list):
+        assert isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        P.cameras_from(value)  # names and topics it accepts make cameras
     else:
         assert isinstance(value, str)
         if spec.choices:
@@ -237,19 +244,26 @@ def ros_node():
 @given(data=st.data())
 def test_the_running_node_accepts_exactly_what_validate_accepts(ros_node, data):
     """The rclpy descriptors (ranges, read-only) and our own check agree on every value."""
-    from rclpy.parameter import Parameter
-
     name = data.draw(st.sampled_from(sorted(P.SPECS)), label="name")
     value = data.draw(_typed_value(name), label="value")
-    before = ros_node.get_parameter(name).value
-    (result,) = ros_node.set_parameters([Parameter(name, value=value)])
+    before = P.value_of(ros_node, name)
+    (result,) = ros_node.set_parameters([_parameter(name, value)])
     if P.SPECS[name].applies == "startup":
         assert not result.successful  # read-only at run time
     else:
         assert result.successful == (P.validate(name, value) is None), result.reason
-    after = ros_node.get_parameter(name).value
+    after = P.value_of(ros_node, name)
     if result.successful:
         assert after == value
-        ros_node.set_parameters([Parameter(name, value=before)])
+        ros_node.set_parameters([_parameter(name, before)])
     else:
         assert after == before or (after != after and before != before)  # NaN stays NaN
+
+
+def _parameter(name, value):
+    """A Parameter of the spec's ROS type (an empty list has none of its own)."""
+    from rclpy.parameter import Parameter
+
+    if isinstance(P.SPECS[name].default, list) and isinstance(value, list):
+        return Parameter(name, Parameter.Type.STRING_ARRAY, value)
+    return Parameter(name, value=value)

@@ -34,15 +34,24 @@ failed + discarded):
 
 Topics (relative, so one node per camera works under its own namespace):
 ``image`` (input, sensor_msgs/Image), ``~/labels``, ``~/labels_color``, ``~/overlay``,
-``~/distortion``, ``~/frame_info``, ``~/label_info``, and ``/diagnostics``. When a
-``camera_info`` topic exists beside the input (``/camera/camera_info`` for
-``/camera/image_raw``), its newest message is republished on ``~/camera_info`` with each
-frame's header, just before the labels.
+``~/distortion``, ``~/confidence``, ``~/frame_info``, ``~/label_info``, and
+``/diagnostics``. When a ``camera_info`` topic exists beside the input
+(``/camera/camera_info`` for ``/camera/image_raw``), its newest message is republished on
+``~/camera_info`` with each frame's header, just before the labels.
+
+Several cameras in one node: ``image_topics`` lists their topics (``name=topic`` entries
+name a camera; otherwise the name is the topic's parent namespace, ``front`` for
+``/front/image_raw``). Each camera then has its own outputs under ``~/<camera>/``
+(``~/front/labels``, ``~/front/confidence``, ``~/front/label_info``, ...), its own
+propagation state (``VideoSegmenter.new_stream``: one model for all), its own slot in the
+worker and its own status on /diagnostics beside the node's total. An empty list is the
+single ``image`` topic above; that is the one-camera case of the same code.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import posixpath
 import signal
@@ -50,7 +59,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -112,6 +121,48 @@ class _Live:
     confidence: bool = True
 
 
+@dataclass(eq=False)
+class _Camera:
+    """One input stream: its topic, propagation state, outputs and counters."""
+
+    name: str  # '' for the single ``image`` topic: outputs directly under ~/
+    topic: str  # subscription topic as given (relative ones resolve in the namespace)
+    stats: SegmenterStats
+    seg: object = None  # its VideoSegmenter stream (the node's own for the first camera)
+    pubs: dict = field(default_factory=dict)
+    sub: object = None
+    info_sub: object = None
+    camera_info: CameraInfo | None = None  # the newest, republished with each frame
+    framed_size: tuple[int, int] | None = None
+    # Running average of the arrival intervals (s) and of the worker time one frame of this
+    # camera takes (ms): the budget policy's view of the load.
+    last_arrival: float | None = None
+    arrival_period: float | None = None
+    cost_ms: float | None = None
+    # publisher gid -> last publication sequence number seen (frames lost in transport)
+    last_seq: OrderedDict = field(default_factory=OrderedDict)
+
+    def output(self, key: str) -> str:
+        return f"~/{self.name}/{key}" if self.name else f"~/{key}"
+
+    def record(self, node_stats: SegmenterStats):
+        """The counters a frame of this camera goes into: its own and the node's total."""
+        return _Tee(self.stats, node_stats)
+
+
+class _Tee:
+    """Calls each ``record_*`` method on every distinct SegmenterStats given."""
+
+    def __init__(self, *stats: SegmenterStats) -> None:
+        self._all = list({id(s): s for s in stats}.values())
+
+    def __getattr__(self, name: str):
+        def call(*args, **kwargs):
+            for s in self._all:
+                getattr(s, name)(*args, **kwargs)
+        return call
+
+
 class SegmenterNode(LifecycleNode):
     """Video semantic segmentation of the ``image`` topic (DAVSS, see the package README)."""
 
@@ -130,21 +181,12 @@ class SegmenterNode(LifecycleNode):
         self._seg_lock = threading.Lock()  # the worker's step vs. schedule changes / cleanup
         self._lut = np.zeros((256, 3), np.uint8)
         self._model_text = "none"
-        self._framed_size: tuple[int, int] | None = None
-        # Running average of the input's arrival intervals (s), for the budget policy.
-        self._last_arrival: float | None = None
-        self._arrival_period: float | None = None
         self._untrained = False
         self._active = False
         self._label_info_sent = False
         self._worker: LatestFrameWorker | None = None
-        self._sub = None
-        # The camera_info beside the input image, republished with each frame's header.
-        self._info_sub = None
-        self._camera_info: CameraInfo | None = None
-        self._pubs: dict[str, object] = {}
-        # publisher gid -> last publication sequence number seen (frames lost in transport)
-        self._last_seq: OrderedDict[bytes, int] = OrderedDict()
+        # The input streams (one per camera; the single 'image' topic is one camera).
+        self._cameras: list[_Camera] = []
 
         # Diagnostics run in every state, so a failed configure is visible on /diagnostics.
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", diagnostics_qos())
@@ -167,10 +209,17 @@ class SegmenterNode(LifecycleNode):
             seg = self._build_segmenter(settings)
         except Exception as exc:  # CheckpointError, bad config, CUDA not there, ...
             return self._configure_failed(_describe(exc))
+        # One camera: the node's own counters; several: each its own, plus the total.
+        several = len(settings.cameras) > 1
+        self._cameras = [
+            _Camera(name, topic, SegmenterStats() if several else self.stats,
+                    seg=seg if i == 0 else seg.new_stream())
+            for i, (name, topic) in enumerate(settings.cameras)]
         try:
             self._setup_outputs(settings, seg)
         except Exception as exc:
             self._release_outputs()
+            self._cameras = []
             seg.close()
             return self._configure_failed(f"creating publishers failed: {_describe(exc)}")
         self._settings = settings
@@ -180,15 +229,19 @@ class SegmenterNode(LifecycleNode):
         with self._seg_lock:
             self._seg = seg
         self.stats.reset()
+        for cam in self._cameras:
+            cam.stats.reset()
         self._worker = LatestFrameWorker(
-            self._process, on_error=self._frame_failed,
+            self._process, on_error=lambda exc: self._frame_failed(None, exc),
             name=f"davss_worker{self.get_namespace().replace('/', '_')}",
-            on_discard=lambda _item: self.stats.record_discard())
+            on_discard=lambda item: item[0].record(self.stats).record_discard())
         self._configure_error = ""
         self._state = "inactive"
         self.get_logger().info(
             f"configured: {self._model_text} on {seg.device}, mode {seg.mode}, "
-            f"schedule {_schedule_text(seg.config.schedule)}")
+            f"schedule {_schedule_text(seg.config.schedule)}"
+            + (f", {len(self._cameras)} cameras: "
+               + ", ".join(f"{c.name} ({c.topic})" for c in self._cameras) if several else ""))
         return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -197,21 +250,24 @@ class SegmenterNode(LifecycleNode):
             if ret != SUCCESS:
                 return ret
             if not self._label_info_sent:
-                self._pubs["label_info"].publish(self._label_info())
+                for cam in self._cameras:
+                    cam.pubs["label_info"].publish(self._label_info())
                 self._label_info_sent = True
             self._active = True
-            self._last_seq = OrderedDict()  # a new subscription: sequence gaps start afresh
-            self._last_arrival = self._arrival_period = None
             compressed = self._settings.transport == "compressed"
-            self._sub = self.create_subscription(
-                CompressedImage if compressed else Image,
-                "image/compressed" if compressed else "image", self._on_image,
-                input_qos(self._settings.reliability),
-                event_callbacks=_no_events(SubscriptionEventCallbacks))
-            self._info_sub = self.create_subscription(
-                CameraInfo, camera_info_topic(self.resolve_topic_name("image")),
-                self._on_camera_info, input_qos(self._settings.reliability),
-                event_callbacks=_no_events(SubscriptionEventCallbacks))
+            qos = input_qos(self._settings.reliability)
+            for cam in self._cameras:
+                cam.last_seq = OrderedDict()  # a new subscription: gaps start afresh
+                cam.last_arrival = cam.arrival_period = cam.cost_ms = None
+                cam.sub = self.create_subscription(
+                    CompressedImage if compressed else Image,
+                    f"{cam.topic}/compressed" if compressed else cam.topic,
+                    functools.partial(self._on_image, cam), qos,
+                    event_callbacks=_no_events(SubscriptionEventCallbacks))
+                cam.info_sub = self.create_subscription(
+                    CameraInfo, camera_info_topic(self.resolve_topic_name(cam.topic)),
+                    functools.partial(self._on_camera_info, cam), qos,
+                    event_callbacks=_no_events(SubscriptionEventCallbacks))
         except Exception as exc:
             self.get_logger().error(f"activate failed: {_describe(exc)}")
             self._active = False
@@ -220,7 +276,8 @@ class SegmenterNode(LifecycleNode):
             return FAILURE
         self._state = "active"
         self.get_logger().info(
-            f"active: segmenting {self.resolve_topic_name('image')} "
+            f"active: segmenting "
+            f"{', '.join(self.resolve_topic_name(c.topic) for c in self._cameras)} "
             f"(reliability {self._settings.reliability})")
         return SUCCESS
 
@@ -228,8 +285,9 @@ class SegmenterNode(LifecycleNode):
         try:
             self._stop_processing()
             with self._seg_lock:
-                if self._seg is not None:
-                    self._seg.reset()  # the next activation starts on a key frame
+                for cam in self._cameras:
+                    if cam.seg is not None:
+                        cam.seg.reset()  # the next activation starts on a key frame
             ret = super().on_deactivate(state)
         except Exception as exc:
             self.get_logger().error(f"deactivate failed: {_describe(exc)}")
@@ -280,8 +338,25 @@ class SegmenterNode(LifecycleNode):
 
     @property
     def segmenter(self):
-        """The VideoSegmenter while configured (None otherwise)."""
+        """The VideoSegmenter while configured (None otherwise); the first camera's stream."""
         return self._seg
+
+    @property
+    def cameras(self) -> list[str]:
+        """The cameras' names while configured ('' for the single ``image`` topic)."""
+        return [c.name for c in self._cameras]
+
+    def camera_stats(self, name: str) -> SegmenterStats:
+        """One camera's counters (the node's own with a single camera)."""
+        for cam in self._cameras:
+            if cam.name == name:
+                return cam.stats
+        raise KeyError(f"no camera {name!r}; cameras: {self.cameras}")
+
+    @property
+    def _pubs(self) -> dict:
+        """The first camera's publishers (all of them, with a single camera)."""
+        return self._cameras[0].pubs if self._cameras else {}
 
     # -- configure helpers ---------------------------------------------------------------
     def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
@@ -343,7 +418,6 @@ class SegmenterNode(LifecycleNode):
         if seg.key_segmenter.kind != "native":
             self._model_text += f", key frames: {seg.key_segmenter.describe()}"
             self.get_logger().info(f"key segmenter: {seg.key_segmenter.describe()}")
-        self._framed_size = None
         return seg
 
     def _setup_outputs(self, s: P.NodeParams, seg) -> None:
@@ -353,17 +427,19 @@ class SegmenterNode(LifecycleNode):
             return self.create_lifecycle_publisher(
                 msg_type, topic, profile, event_callbacks=_no_events(PublisherEventCallbacks))
 
-        self._pubs = {
-            "labels": create(Image, "~/labels", qos),
-            "labels_color": create(Image, "~/labels_color", qos),
-            "overlay": create(Image, "~/overlay", qos),
-            "distortion": create(Image, "~/distortion", qos),
-            "confidence": create(Image, "~/confidence", qos),
-            "frame_info": create(FrameInfo, "~/frame_info", qos),
-            "camera_info": create(CameraInfo, "~/camera_info", qos),
-            # vision_msgs/LabelInfo where vision_msgs is installed (see label_info.py).
-            "label_info": create(label_info_class(), "~/label_info", latched_qos()),
-        }
+        for cam in self._cameras:
+            out = cam.output
+            cam.pubs = {
+                "labels": create(Image, out("labels"), qos),
+                "labels_color": create(Image, out("labels_color"), qos),
+                "overlay": create(Image, out("overlay"), qos),
+                "distortion": create(Image, out("distortion"), qos),
+                "confidence": create(Image, out("confidence"), qos),
+                "frame_info": create(FrameInfo, out("frame_info"), qos),
+                "camera_info": create(CameraInfo, out("camera_info"), qos),
+                # vision_msgs/LabelInfo where vision_msgs is installed (see label_info.py).
+                "label_info": create(label_info_class(), out("label_info"), latched_qos()),
+            }
         self._label_info_sent = False
         lut = np.zeros((256, 3), np.uint8)  # ignore (255) and unknown ids draw black
         lut[: seg.num_classes] = np.asarray(seg.palette, np.uint8).reshape(-1, 3)
@@ -376,13 +452,14 @@ class SegmenterNode(LifecycleNode):
 
     # -- teardown helpers ----------------------------------------------------------------
     def _destroy_subscription(self) -> None:
-        if self._sub is not None:
-            self.destroy_subscription(self._sub)
-            self._sub = None
-        if self._info_sub is not None:
-            self.destroy_subscription(self._info_sub)
-            self._info_sub = None
-        self._camera_info = None
+        for cam in self._cameras:
+            if cam.sub is not None:
+                self.destroy_subscription(cam.sub)
+                cam.sub = None
+            if cam.info_sub is not None:
+                self.destroy_subscription(cam.info_sub)
+                cam.info_sub = None
+            cam.camera_info = None
 
     def _stop_processing(self) -> None:
         """Unsubscribe, drop the waiting frame and wait for the one in flight."""
@@ -394,9 +471,10 @@ class SegmenterNode(LifecycleNode):
                 self.get_logger().warning("the frame in flight did not finish within 30 s")
 
     def _release_outputs(self) -> None:
-        for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
+        for cam in self._cameras:
+            for pub in cam.pubs.values():
+                self.destroy_lifecycle_publisher(pub)
+            cam.pubs = {}
 
     def _release_all(self) -> None:
         self._active = False
@@ -406,35 +484,43 @@ class SegmenterNode(LifecycleNode):
             self._worker = None
         with self._seg_lock:
             seg, self._seg = self._seg, None
+            streams = [c.seg for c in self._cameras if c.seg is not None and c.seg is not seg]
+            for cam in self._cameras:
+                cam.seg = None
+        for stream in streams:
+            stream.close()
         if seg is not None:
             seg.close()
         self._release_outputs()
+        self._cameras = []
         self._settings = None
 
     # -- frames ----------------------------------------------------------------------------
-    def _on_image(self, msg: Image, info) -> None:
-        # Executor thread: store and return; the worker does the rest. Two parameters (no
-        # default) make rclpy pass the MessageInfo.
+    def _on_image(self, cam: _Camera, msg: Image, info) -> None:
+        # Executor thread: store and return; the worker does the rest. Bound to its camera
+        # with functools.partial: two parameters left (no default) make rclpy pass the
+        # MessageInfo.
         received = time.perf_counter()
-        last = self._last_arrival
-        self._last_arrival = received
+        last = cam.last_arrival
+        cam.last_arrival = received
         if last is not None and received > last:
             gap = received - last
-            prev = self._arrival_period
-            self._arrival_period = gap if prev is None else 0.3 * gap + 0.7 * prev
-        self.stats.record_input()
-        self._track_sequence(info)
+            prev = cam.arrival_period
+            cam.arrival_period = gap if prev is None else 0.3 * gap + 0.7 * prev
+        record = cam.record(self.stats)
+        record.record_input()
+        self._track_sequence(cam, info)
         worker = self._worker
         if worker is None:
-            self.stats.record_discard()
-        elif worker.offer((msg, received)) == "replaced":
-            self.stats.record_drop()
+            record.record_discard()
+        elif worker.offer((cam, msg, received), cam.name) == "replaced":
+            record.record_drop()
         # 'refused' (the worker is stopping) is counted by the worker's on_discard
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg  # the newest; published with the next frame's outputs
+    def _on_camera_info(self, cam: _Camera, msg: CameraInfo) -> None:
+        cam.camera_info = msg  # the newest; published with the next frame's outputs
 
-    def _track_sequence(self, info) -> None:
+    def _track_sequence(self, cam: _Camera, info) -> None:
         """Count frames a publisher sent that never reached this subscription.
 
         DDS gives each sample its writer's sequence number; a gap between two samples of
@@ -450,10 +536,10 @@ class SegmenterNode(LifecycleNode):
         if not gid or seq is None:
             return
         key = bytes(gid.get("data", b""))
-        seen = self._last_seq
+        seen = cam.last_seq
         last = seen.get(key)
         if last is not None and seq > last + 1:
-            self.stats.record_lost(seq - last - 1)
+            cam.record(self.stats).record_lost(seq - last - 1)
         if last is None or seq > last:
             seen[key] = seq
             seen.move_to_end(key)
@@ -466,113 +552,143 @@ class SegmenterNode(LifecycleNode):
         Only one mismatch is possible here: a reliable subscription and a best-effort
         publisher (a subscription's durability is volatile, which matches everything).
         """
-        settings, sub = self._settings, self._sub
-        if sub is None or settings is None or settings.reliability != "reliable":
+        settings = self._settings
+        if settings is None or settings.reliability != "reliable":
             return ""
-        try:
-            infos = self.get_publishers_info_by_topic(sub.topic_name)
-        except Exception:  # the graph may be unavailable while shutting down
-            return ""
-        n = sum(1 for i in infos
-                if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT)
-        if not n:
-            return ""
-        return (f"{n} best-effort publisher(s) on {sub.topic_name} cannot match this "
-                "reliable subscription: no images arrive from them. Set qos.reliability to "
-                "best_effort.")
+        problems = []
+        for cam in list(self._cameras):
+            sub = cam.sub
+            if sub is None:
+                continue
+            try:
+                infos = self.get_publishers_info_by_topic(sub.topic_name)
+            except Exception:  # the graph may be unavailable while shutting down
+                return ""
+            n = sum(1 for i in infos
+                    if i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT)
+            if n:
+                problems.append(
+                    f"{n} best-effort publisher(s) on {sub.topic_name} cannot match this "
+                    "reliable subscription: no images arrive from them. Set "
+                    "qos.reliability to best_effort.")
+        return " ".join(problems)
 
-    def _frame_failed(self, exc: BaseException) -> None:
-        # The worker's last resort: something outside the pipeline step raised.
+    def _frame_failed(self, cam: _Camera | None, exc: BaseException) -> None:
+        # The last resort: something outside the pipeline step raised.
+        record = cam.record(self.stats) if cam is not None else self.stats
         if not self.context.ok():
             # Ctrl-C while a frame was in flight: its publishers are gone, not a fault.
-            self.stats.record_discard()
+            record.record_discard()
             return
         text = _describe(exc)
-        self.stats.record_failed("exception", text)
+        record.record_failed("exception", text)
         self.get_logger().error(f"frame skipped: {text}", throttle_duration_sec=5.0)
 
-    def _frame_rejected(self, kind: str, text: str) -> None:
-        self.stats.record_rejected(kind, text)
+    def _frame_rejected(self, cam: _Camera, kind: str, text: str) -> None:
+        cam.record(self.stats).record_rejected(kind, text)
         self.get_logger().error(f"frame rejected: {text}", throttle_duration_sec=5.0)
 
-    def _step_failed(self, seg, exc: BaseException) -> None:
+    def _step_failed(self, cam: _Camera, seg, exc: BaseException) -> None:
         """The pipeline raised on a frame: count it, skip it, restart on a key frame."""
         oom = _is_out_of_memory(exc)
         text = _describe(exc)
         seg.reset("recovery")  # the failed step may have left the state half updated
+        record = cam.record(self.stats)
         if oom:
             _free_cuda_cache(seg.device)
-            self.stats.record_failed("out_of_memory", f"out of memory: {text}")
+            record.record_failed("out_of_memory", f"out of memory: {text}")
             self.get_logger().error(
                 f"out of memory on {seg.device}; frame skipped, the next one is a key frame: "
                 f"{text}", throttle_duration_sec=5.0)
         else:
-            self.stats.record_failed("pipeline", text)
+            record.record_failed("pipeline", text)
             self.get_logger().error(f"frame skipped: {text}", throttle_duration_sec=5.0)
 
-    def _process(self, item: tuple[Image, float]) -> None:
-        msg, received = item
+    def _process(self, item: tuple[_Camera, Image, float]) -> None:
+        cam = item[0]
+        try:
+            self._process_frame(*item)
+        except Exception as exc:
+            self._frame_failed(cam, exc)
+
+    def _process_frame(self, cam: _Camera, msg: Image, received: float) -> None:
+        record = cam.record(self.stats)
         with self._seg_lock:
-            seg = self._seg
-            if seg is None or not self._active or not self._pubs:
-                self.stats.record_discard()  # taken while leaving the active state
+            seg = cam.seg
+            if seg is None or not self._active or not cam.pubs:
+                record.record_discard()  # taken while leaving the active state
                 return
             t0 = time.perf_counter()
             try:
                 rgb = (compressed_to_rgb(msg) if isinstance(msg, CompressedImage)
                        else image_to_rgb(msg))
             except ImageError as exc:
-                self._frame_rejected(exc.kind, str(exc))
+                self._frame_rejected(cam, exc.kind, str(exc))
                 return
             h, w = rgb.shape[:2]
             if h < MIN_IMAGE_SIZE or w < MIN_IMAGE_SIZE:
-                self._frame_rejected("too_small", f"image {w}x{h} is too small, expected at "
-                                     f"least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
+                self._frame_rejected(cam, "too_small", f"image {w}x{h} is too small, "
+                                     f"expected at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
                 return
-            if (h, w) != self._framed_size:
-                self._framed_size = (h, w)
-                self.get_logger().info(f"input {seg.framing((h, w)).describe()} "
+            if (h, w) != cam.framed_size:
+                cam.framed_size = (h, w)
+                self.get_logger().info(f"input{' ' + cam.name if cam.name else ''} "
+                                       f"{seg.framing((h, w)).describe()} "
                                        f"(input.resize {seg.resize})")
             t1 = time.perf_counter()
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            budget = self._budget_ms(seg, received, t0) \
+            budget = self._budget_ms(cam, received, t0) \
                 if seg.config.schedule.policy == "budget" else None
             try:
                 result = seg.step(rgb, stamp if stamp > 0 else None, budget_ms=budget)
             except Exception as exc:  # out of memory, a CUDA error, ...: skip the frame
-                self._step_failed(seg, exc)
+                self._step_failed(cam, seg, exc)
                 return
             t2 = time.perf_counter()
         if not result.valid:
-            self.stats.record_invalid(
+            record.record_invalid(
                 f"non-finite network output at frame {result.frame_index}: labels set to "
                 f"{seg.ignore_id} (ignore), the next frame is a key frame")
             self.get_logger().error(
                 "non-finite network output: frame published as all-ignore, next frame key",
                 throttle_duration_sec=5.0)
         if result.key_reason in FORCED_KEY_REASONS:
-            self.stats.record_forced_key(result.key_reason)
-        self._publish(msg, rgb, result, received, t0, t1, t2)
+            record.record_forced_key(result.key_reason)
+        self._publish(cam, msg, rgb, result, received, t0, t1, t2)
+        spent = (time.perf_counter() - t0) * 1e3
+        cam.cost_ms = spent if cam.cost_ms is None else 0.2 * spent + 0.8 * cam.cost_ms
 
-    def _budget_ms(self, seg, received: float, started: float) -> float | None:
-        """The time this frame may take before the stream falls behind (budget policy).
+    def _budget_ms(self, cam: _Camera, received: float, started: float) -> float | None:
+        """The time this frame may take before its camera falls behind (budget policy).
 
-        The next frame can wait in the worker's slot, so this frame and the next together
+        The next frame can wait in the camera's slot, so this frame and the next together
         have two frame periods from this frame's arrival; what is already spent waiting
         and what the next frame will cost (a non-key frame) come off. The period is the
-        running average of the input's arrival intervals."""
-        period = self._arrival_period
+        running average of the camera's arrival intervals. The worker is shared: the other
+        cameras' share of its time (each one's running cost per frame over its period, at
+        their present mix of key and non-key frames) is not this camera's to spend. With one
+        camera that share is 0."""
+        period = cam.arrival_period
         if period is None:
             return None
+        others = 0.0
+        for other in self._cameras:
+            p, cost, last = other.arrival_period, other.cost_ms, other.last_arrival
+            if other is cam or p is None or cost is None or last is None:
+                continue
+            if received - last > 4.0 * p:  # a camera gone quiet takes no time
+                continue
+            others += cost / (p * 1e3)
+        share = max(0.0, 1.0 - others)
         late_ms = (started - received) * 1e3
-        nonkey = seg.expected_ms["nonkey"] or 0.0
-        return 2.0 * period * 1e3 - late_ms - nonkey
+        nonkey = cam.seg.expected_ms["nonkey"] or 0.0
+        return 2.0 * period * 1e3 * share - late_ms - nonkey
 
-    def _publish(self, msg: Image, rgb: np.ndarray, result, received: float,
+    def _publish(self, cam: _Camera, msg: Image, rgb: np.ndarray, result, received: float,
                  t0: float, t1: float, t2: float) -> None:
-        pubs, live, header = self._pubs, self._live, msg.header
+        pubs, live, header = cam.pubs, self._live, msg.header
         h, w = result.labels.shape
-        camera_info = self._camera_info
+        camera_info = cam.camera_info
         if camera_info is not None:  # first, so it is there when the labels arrive
             camera_info.header = header  # this worker is its only user after the callback
             pubs["camera_info"].publish(camera_info)
@@ -626,14 +742,14 @@ class SegmenterNode(LifecycleNode):
         info.segmenter_ms = float(tm.get("segmenter", 0.0))
         info.encode_ms = (t3 - t2) * 1e3
         info.total_ms = (t3 - received) * 1e3
-        info.dropped_frames = int(self.stats.dropped)
+        info.dropped_frames = int(cam.stats.dropped)
 
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         pubs["frame_info"].publish(info)
         # Last: a frame counts as processed once all its outputs went out (an exception
         # above makes it a failed frame instead, never both).
-        self.stats.record_frame(FrameRecord(
+        cam.record(self.stats).record_frame(FrameRecord(
             done=time.monotonic(), total_ms=info.total_ms,
             pipeline_ms=float(tm.get("total", (t2 - t1) * 1e3)),
             stamp_latency_ms=(now_ns - stamp_ns) / 1e6 if stamp_ns else float("nan"),
@@ -645,20 +761,27 @@ class SegmenterNode(LifecycleNode):
         qos_problem = self._incompatible_publishers()
         if qos_problem:
             self.get_logger().warning(qos_problem, throttle_duration_sec=10.0)
-        status = build_status(
-            self.stats,
-            name=f"{self.get_fully_qualified_name()}: segmentation",
-            hardware_id=self.get_fully_qualified_name(),
-            state=self._state,
-            model=self._model_text if seg is not None else "none",
-            device=str(seg.device) if seg is not None else "none",
-            mode=seg.mode if seg is not None else "none",
-            input_topic=self.resolve_topic_name("image"),
-            untrained=seg is not None and self._untrained,
-            configure_error=self._configure_error, qos_problem=qos_problem)
+        fqn = self.get_fully_qualified_name()
+        cameras = list(self._cameras)
+
+        def status(stats, suffix, topics):
+            return build_status(
+                stats, name=f"{fqn}: segmentation{suffix}", hardware_id=fqn,
+                state=self._state,
+                model=self._model_text if seg is not None else "none",
+                device=str(seg.device) if seg is not None else "none",
+                mode=seg.mode if seg is not None else "none",
+                input_topic=", ".join(self.resolve_topic_name(t) for t in topics),
+                untrained=seg is not None and self._untrained,
+                configure_error=self._configure_error, qos_problem=qos_problem)
+
+        # The node's total first; with several cameras one status per camera after it.
+        statuses = [status(self.stats, "", [c.topic for c in cameras] or ["image"])]
+        if len(cameras) > 1:
+            statuses += [status(c.stats, f" {c.name}", [c.topic]) for c in cameras]
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
+        array.status = statuses
         self._diag_pub.publish(array)
 
     # -- parameters --------------------------------------------------------------------------
@@ -682,15 +805,18 @@ class SegmenterNode(LifecycleNode):
             confidence=values.get("output.confidence", live.confidence))
         if "input.max_stamp_gap" in values:
             with self._seg_lock:
-                if self._seg is not None:
-                    self._seg.max_stamp_gap = float(values["input.max_stamp_gap"]) or None
+                for cam in self._cameras:
+                    if cam.seg is not None:
+                        cam.seg.max_stamp_gap = float(values["input.max_stamp_gap"]) or None
         if names & set(P.SCHEDULE_PARAMS):
             with self._seg_lock:
                 seg = self._seg
                 if seg is not None:
                     current = {n: self.get_parameter(n).value for n in P.SCHEDULE_PARAMS}
                     schedule = P.schedule_from(current, base=seg.config.schedule)
-                    seg.set_schedule(schedule)
+                    for cam in self._cameras:
+                        if cam.seg is not None:
+                            cam.seg.set_schedule(schedule)
                     self.get_logger().info(f"schedule now {_schedule_text(schedule)}")
         later = sorted(n for n in names if P.SPECS.get(n) and P.SPECS[n].applies == "configure")
         if later and self._seg is not None:
@@ -803,7 +929,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ROS parameters file (see config/davss.yaml)")
     parser.add_argument("--image-topic", metavar="TOPIC",
                         help="input topic, remapped onto 'image' (e.g. /camera/image_raw)")
-    parser.add_argument("--namespace", metavar="NS", help="node namespace (one per camera)")
+    parser.add_argument("--image-topics", metavar="TOPIC", nargs="+",
+                        help="several cameras in one node: sets image_topics (entries "
+                        "TOPIC or NAME=TOPIC; outputs under ~/<camera>/)")
+    parser.add_argument("--namespace", metavar="NS", help="node namespace")
     parser.add_argument("--checkpoint", metavar="PT",
                         help="sets model.checkpoint (default: the shipped model; "
                         "'untrained' for random weights)")
@@ -824,6 +953,8 @@ def ros_arguments(args: argparse.Namespace) -> list[str]:
         ros += ["--params-file", str(args.params_file)]
     if args.image_topic:
         ros += ["-r", f"image:={args.image_topic}"]
+    if getattr(args, "image_topics", None):
+        ros += ["-p", "image_topics:=[" + ", ".join(f"'{t}'" for t in args.image_topics) + "]"]
     if args.namespace:
         ns = args.namespace if args.namespace.startswith("/") else "/" + args.namespace
         ros += ["-r", f"__ns:={ns}"]

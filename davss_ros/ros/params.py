@@ -23,7 +23,9 @@ from rcl_interfaces.msg import (
     IntegerRange,
     ParameterDescriptor,
 )
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from davss_ros.config import (
     DIS_PRESETS,
@@ -36,6 +38,9 @@ from davss_ros.config import (
 
 RELIABILITIES = ("best_effort", "reliable")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# The input topic of the single-camera case (remap it onto the camera).
+IMAGE_TOPIC = "image"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,14 @@ class Spec:
 _S = ScheduleConfig()
 
 SPECS: dict[str, Spec] = {
+    "image_topics": Spec(
+        [], "Several cameras in one node: their image topics (sensor_msgs/Image, or "
+        "<topic>/compressed with input.transport compressed). An entry is TOPIC or "
+        "NAME=TOPIC; the camera's name is NAME, else the topic's parent namespace (front for "
+        "/front/image_raw). Each camera publishes under ~/<name>/ (labels, confidence, "
+        "label_info, ...), has its own propagation state and diagnostics, and shares the "
+        "model and the time budget. Empty: the single topic 'image' (remappable), outputs "
+        "directly under ~/."),
     "model.checkpoint": Spec(
         "", "DAVSS checkpoint (.pt). Empty: the trained model shipped with davss_ros "
         "(weights/davss_cpu.pt, or $DAVSS_WEIGHTS_DIR/davss_cpu.pt) when model.config is "
@@ -181,7 +194,20 @@ def descriptor(name: str) -> ParameterDescriptor:
 
 def declare(node: Node) -> None:
     for name, spec in SPECS.items():
-        node.declare_parameter(name, spec.default, descriptor(name))
+        if isinstance(spec.default, list):
+            # An empty list cannot carry its element type: declared by type, and left unset
+            # (which a params file's `[]` also does) it reads as the empty default.
+            node.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor(name))
+        else:
+            node.declare_parameter(name, spec.default, descriptor(name))
+
+
+def value_of(node: Node, name: str) -> Any:
+    """A parameter's value; an unset string list is its (empty) default."""
+    try:
+        return node.get_parameter(name).value
+    except ParameterUninitializedException:
+        return list(SPECS[name].default)
 
 
 def validate(name: str, value: Any) -> str | None:
@@ -189,6 +215,8 @@ def validate(name: str, value: Any) -> str | None:
     spec = SPECS.get(name)
     if spec is None:
         return None  # use_sim_time and other parameters rclpy owns
+    if name == "image_topics":
+        return _check_cameras(value)
     expected = type(spec.default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -209,6 +237,55 @@ def validate(name: str, value: Any) -> str | None:
         return f"model.device must be auto, cpu, cuda or cuda:N; got {value!r}"
     if name == "model.config" and not value:
         return "model.config must name a preset (cpu, paper) or a YAML file"
+    return None
+
+
+def camera_name(topic: str) -> str:
+    """A camera's name from its image topic: the parent namespace (``front`` for
+    ``/front/image_raw``, also given as ``/front/image_raw/compressed``), else the topic."""
+    if topic.endswith("/compressed"):
+        topic = topic[: -len("/compressed")]
+    parts = topic.strip("/").split("/")
+    return parts[-2] if len(parts) >= 2 else parts[-1]
+
+
+def cameras_from(topics: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """(name, topic) of each camera; ``[("", "image")]`` for an empty list. ValueError
+    when an entry is empty, a name is not a ROS name token, or two cameras share a name or
+    a topic."""
+    if not topics:
+        return [("", IMAGE_TOPIC)]
+    out: list[tuple[str, str]] = []
+    for entry in topics:
+        text = str(entry).strip()
+        name, sep, topic = text.partition("=")
+        if not sep:
+            name, topic = "", text
+        name, topic = name.strip(), topic.strip()
+        if not topic or topic.strip("/") == "":
+            raise ValueError(f"image_topics: entry {entry!r} names no topic")
+        name = name or camera_name(topic)
+        if not _CAMERA_NAME.match(name):
+            raise ValueError(
+                f"image_topics: camera name {name!r} (from {entry!r}) is not a ROS name "
+                "token (a letter, then letters, digits or _); write NAME=TOPIC")
+        out.append((name, topic))
+    for i, kind in ((0, "name"), (1, "topic")):
+        values = [c[i] for c in out]
+        dup = sorted({v for v in values if values.count(v) > 1})
+        if dup:
+            hint = "; write NAME=TOPIC to name them" if i == 0 else ""
+            raise ValueError(f"image_topics: two cameras have the {kind} {dup[0]!r}{hint}")
+    return out
+
+
+def _check_cameras(value: Any) -> str | None:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        return f"image_topics must be a list of strings, got {value!r}"
+    try:
+        cameras_from(value)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -239,11 +316,12 @@ class NodeParams:
     reliability: str
     output_reliability: str
     autostart: bool
+    cameras: list[tuple[str, str]]  # (name, topic); [("", "image")] for a single camera
 
 
 def read(node: Node) -> NodeParams:
     """Read and validate every parameter; ValueError with the first reason on a bad one."""
-    values = {name: node.get_parameter(name).value for name in SPECS}
+    values = {name: value_of(node, name) for name in SPECS}
     for name, value in values.items():
         reason = validate(name, value)
         if reason:
@@ -272,6 +350,7 @@ def read(node: Node) -> NodeParams:
         reliability=values["qos.reliability"],
         output_reliability=values["qos.output_reliability"],
         autostart=values["autostart"],
+        cameras=cameras_from(values["image_topics"]),
     )
 
 

@@ -130,10 +130,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                       meta=dict(payload.get("meta", {})))
 
 
-def load_weights(module: torch.nn.Module, checkpoint: Checkpoint) -> None:
-    """Load the checkpoint's weights into a module built from its configuration (strict)."""
+def load_weights(module: torch.nn.Module, checkpoint: Checkpoint, *,
+                 optional: tuple[str, ...] = ()) -> None:
+    """Load the checkpoint's weights into a module built from its configuration (strict);
+    tensors whose names start with one of ``optional`` may be missing from the file and
+    keep the module's values."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(checkpoint.state_dict))
+    missing = sorted(k for k in set(own) - set(checkpoint.state_dict)
+                     if not (optional and k.startswith(optional)))
     unexpected = sorted(set(checkpoint.state_dict) - set(own))
     wrong = sorted(k for k in set(own) & set(checkpoint.state_dict)
                    if own[k].shape != checkpoint.state_dict[k].shape)
@@ -150,7 +154,7 @@ def load_weights(module: torch.nn.Module, checkpoint: Checkpoint) -> None:
         raise CheckpointError(
             f"{checkpoint.path}: weights do not match the model its configuration builds: "
             + "; ".join(parts))
-    module.load_state_dict(widen_to_float32(checkpoint.state_dict), strict=True)
+    module.load_state_dict(widen_to_float32(checkpoint.state_dict), strict=not optional)
 
 
 def widen_to_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

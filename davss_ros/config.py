@@ -27,6 +27,9 @@ DISTORTION_METRICS = ("mean", "ratio")
 # What the davss fusion weights f_CC by: DMNet's map (the method) or a constant map (the
 # paper's "without DGFC" ablation, for a model trained that way).
 DISTORTION_MAPS = ("predicted", "constant")
+# The distortion estimator: DMNet alone (the paper), or DMNet refined by free signals with a
+# learned fusion floor (davss_ros.model.refiner; trained in stage 4).
+DISTORTIONS = ("paper", "signals")
 
 
 @dataclass
@@ -87,6 +90,10 @@ class ModelConfig:
     # DGFC was; DMNet still runs and gives the distortion output and the adaptive schedule.
     # Part of the trained model, so it comes from the checkpoint, not the runtime config.
     distortion_map: str = "predicted"
+    # "paper": DMNet's M fuses as Eq. 4. "signals": DMNet's M, the cue/propagated softmax
+    # distance, both confidences and the photometric error go through a small head
+    # (davss_ros.model.refiner) whose map fuses with a learned floor. Architecture.
+    distortion: str = "paper"
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     cfnet: CFNetConfig = field(default_factory=CFNetConfig)
@@ -127,6 +134,7 @@ class DavssConfig:
         m, s = self.model, self.schedule
         _choice("model.mode", m.mode, MODES)
         _choice("model.distortion_map", m.distortion_map, DISTORTION_MAPS)
+        _choice("model.distortion", m.distortion, DISTORTIONS)
         BACKBONES.check("model.segmenter.backbone", m.segmenter.backbone)
         FLOW_PROVIDERS.check("model.flow.provider", m.flow.provider)
         _choice("model.flow.dis_preset", m.flow.dis_preset, DIS_PRESETS)

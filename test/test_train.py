@@ -14,7 +14,7 @@ from davss_ros.cli import main as davss_main
 from davss_ros.config import load_config
 from davss_ros.data.imageio import write_label
 from davss_ros.data.synthetic import write_cityscapes_layout
-from davss_ros.model import build_davss_net, build_flow
+from davss_ros.model import PropagationState, build_davss_net, build_flow
 from davss_ros.pipeline import VideoSegmenter
 from davss_ros.train.config import load_train_config
 from davss_ros.train.data import (
@@ -54,7 +54,7 @@ def tiny_config(root, *, learned=False, **stages):
             2: {"iterations": 2, "batch_size": 2, "max_distance": 3},
             3: {"iterations": 2, "batch_size": 2, "max_distance": 4}}
     for n, extra in stages.items():
-        base[int(n[1:])].update(extra)
+        base.setdefault(int(n[1:]), {}).update(extra)
     return {"dataset": {"kind": "synthetic", "root": str(root), "cache": True,
                         "snippet_length": 20},
             "model": model, "stages": base, "seed": 0, "num_workers": 0}
@@ -530,3 +530,53 @@ def test_inference_only_model_fields_leave_the_stage_fingerprints_alone(data_roo
     other = load_train_config(data)
     assert other.model.model.distortion_map == "constant"
     assert [other.fingerprint(n) for n in range(4)] == [base.fingerprint(n) for n in range(4)]
+
+
+def test_signals_run_reuses_the_paper_stages_and_trains_only_the_refiner(tmp_path, data_root,
+                                                                          capsys):
+    base = write_config(tmp_path / "base.yaml", tiny_config(data_root))
+    assert train(base, tmp_path / "base") == 0
+    assert "stage 4 (signals distortion estimator): skipped" in capsys.readouterr().out
+    data = tiny_config(data_root, s4={"iterations": 3, "batch_size": 2, "max_distance": 3,
+                                      "log_every": 1})
+    data["model"] = {**data["model"], "distortion": "signals"}
+    sig = write_config(tmp_path / "signals.yaml", data)
+    capsys.readouterr()
+    assert train(sig, tmp_path / "signals", "--reuse", str(tmp_path / "base")) == 0
+    text = capsys.readouterr().out
+    assert all(f"stage {n}: reusing" in text for n in range(4))
+    assert "stage 4 (signals distortion estimator): 3 iterations" in text
+    a, b = _weights(tmp_path / "base" / "final.pt"), _weights(tmp_path / "signals" / "final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the paper's networks are untouched
+    refiner = [k for k in b if k.startswith("refiner.")]
+    assert refiner and not any(k in a for k in refiner)
+    with open(tmp_path / "signals" / "stage4.csv") as f:
+        assert {"CE", "BCE", "floor", "slope"} <= set(next(csv.DictReader(f)))
+    final = load_checkpoint(tmp_path / "signals" / "final.pt")
+    assert final.config.model.distortion == "signals"
+    seg = VideoSegmenter({"model": {"mode": "davss", "input_height": H, "input_width": W}},
+                         checkpoint=tmp_path / "signals" / "final.pt", device="cpu")
+    for i in range(3):
+        r = seg.step(np.random.default_rng(i).integers(0, 256, (H, W, 3), np.uint8))
+        assert r.labels.shape == (H, W) and r.valid
+
+
+def test_the_signals_refiner_fuses_with_its_floored_weight_and_reports_its_own_map():
+    cfg = load_config({"model": {**TINY_MODEL, "distortion": "signals"}}).model
+    torch.manual_seed(0)
+    net = build_davss_net(cfg).eval()
+    step = net.non_key_step(build_flow(cfg.flow, None))
+    g = torch.Generator().manual_seed(0)
+    key, cur = torch.rand(1, 3, H, W, generator=g), torch.rand(1, 3, H, W, generator=g)
+    state = PropagationState.from_key(key, torch.randn(1, 19, H // 4, W // 4, generator=g))
+    with torch.no_grad():
+        net.refiner.floor.fill_(0.25)
+        net.refiner.slope.fill_(0.5)
+        est = step.estimate(state, cur, distortion=True)
+        parts = step.complete(state, est, cur, "davss")
+        dmnet_only = net.non_key_step(step.flow, refine=False).complete(state, est, cur, "davss")
+    m = parts.distortion_map
+    assert not torch.equal(m, est.distortion_map)  # the refined map, not DMNet's
+    assert torch.equal(dmnet_only.distortion_map, est.distortion_map)
+    w = 0.25 + 0.5 * m
+    assert torch.allclose(parts.fused, parts.propagated * (1 - w) + parts.cue * w, atol=1e-6)

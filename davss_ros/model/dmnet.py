@@ -48,12 +48,11 @@ class DMNet(nn.Module):
         if warped_image.shape != current_image.shape:
             raise ValueError(f"DMNet expects warped_image and current_image of one shape, got "
                              f"{tuple(warped_image.shape)} and {tuple(current_image.shape)}")
-        if self.training:
-            f_warped = self.features(warped_image)
-            f_current = self.features(current_image)
-        else:  # one batched pass of the shared branch: same result, half the calls
-            f_warped, f_current = self.features(
-                torch.cat([warped_image, current_image])).chunk(2)
+        # One batched pass of the shared branch, in training as at inference: BatchNorm sees
+        # both images together either way (two separate passes in training normalised each
+        # branch by its own batch statistics, which inference, on running statistics shared
+        # by both, never does).
+        f_warped, f_current = self.features(torch.cat([warped_image, current_image])).chunk(2)
         # Cosine similarity with an eps^2 term in the dot product and both squared norms, i.e.
         # of the features extended by one constant channel eps: two all-zero features count as
         # identical (M = 0) instead of orthogonal (M = 0.5); negligible otherwise.

@@ -11,6 +11,7 @@ from .dmnet import DMNet
 from .flow import FlowProvider
 from .flownet import FlowNetS, build_flownet
 from .fusion import AccelFusion, DistortionGuidedFusion
+from .refiner import DistortionRefiner
 from .segmenter import DeepLabV3Plus, build_segmenter
 from .step import NonKeyStep
 
@@ -26,11 +27,13 @@ class DavssNet(nn.Module):
     - ``accel_cfnet`` and ``accel_fusion``: the Accel baseline's current-frame branch and its
       learned 1x1 fusion.
     - ``fusion``: DAVSS's distortion-guided fusion (Eq. 4; no weights).
+    - ``refiner``: the ``signals`` distortion estimator and fusion floor
+      (:mod:`davss_ros.model.refiner`) when ``config.distortion`` is ``signals``, else None.
     """
 
     def __init__(self, config: ModelConfig, *, segmenter: DeepLabV3Plus,
                  flownet: FlowNetS | None, dmnet: DMNet, cfnet: CFNet, accel_cfnet: CFNet,
-                 accel_fusion: AccelFusion) -> None:
+                 accel_fusion: AccelFusion, refiner: DistortionRefiner | None = None) -> None:
         super().__init__()
         self.config = config
         self.segmenter = segmenter
@@ -40,10 +43,12 @@ class DavssNet(nn.Module):
         self.accel_cfnet = accel_cfnet
         self.accel_fusion = accel_fusion
         self.fusion = DistortionGuidedFusion()
+        self.refiner = refiner
 
-    def non_key_step(self, flow: FlowProvider, *, fusion_map: str | None = None) -> NonKeyStep:
+    def non_key_step(self, flow: FlowProvider, *, fusion_map: str | None = None,
+                     refine: bool = True) -> NonKeyStep:
         """The non-key step over these networks with ``flow`` (see NonKeyStep)."""
-        return NonKeyStep(self, flow, fusion_map=fusion_map)
+        return NonKeyStep(self, flow, fusion_map=fusion_map, refine=refine)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError("DavssNet holds the networks; a non-key frame runs through "
@@ -63,4 +68,5 @@ def build_davss_net(cfg: ModelConfig) -> DavssNet:
         cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
         accel_cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
         accel_fusion=AccelFusion(cfg.num_classes),
+        refiner=DistortionRefiner() if cfg.distortion == "signals" else None,
     )

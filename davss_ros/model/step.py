@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from ..config import MODES
 from .flow import FlowProvider
 from .fusion import fusion_map
+from .refiner import distortion_signals
 from .warp import warp
 
 # Context manager factory a caller may pass to time each stage by name ("flow", "warp",
@@ -135,13 +136,16 @@ class NonKeyStep:
         flow: the flow provider (DIS or the net's FlowNet-S).
         fusion_map: ``predicted`` (DMNet's M, the method) or ``constant`` (M = 0.5, the
             model trained without DGFC); None = the net's configuration.
+        refine: use the net's ``signals`` refiner when it has one (False: DMNet's map
+            alone, as stage 3 trains CFNet before the refiner exists).
     """
 
     def __init__(self, net: torch.nn.Module, flow: FlowProvider, *,
-                 fusion_map: str | None = None) -> None:
+                 fusion_map: str | None = None, refine: bool = True) -> None:
         self.net = net
         self.flow = flow
         self.fusion_map = fusion_map or net.config.distortion_map
+        self.refiner = getattr(net, "refiner", None) if refine else None
 
     def estimate(self, state: PropagationState, frame: torch.Tensor, *, distortion: bool,
                  flow: torch.Tensor | None = None, timer: Timer = untimed) -> Estimate:
@@ -177,25 +181,53 @@ class NonKeyStep:
         if spec.distortion and m is None:
             raise ValueError(f"mode {mode!r} fuses with the distortion map; estimate() must be "
                              "called with distortion=True")
-        cue, fused = self.correct(mode, propagated, frame, m, timer=timer)
+        cue, fused, m = self.correct(mode, propagated, frame, m, estimate=estimate,
+                                     timer=timer)
         return FrameParts(propagated=propagated, cue=cue, fused=fused, distortion_map=m,
                           warped_image=estimate.warped_image)
 
     def correct(self, mode: str, propagated: torch.Tensor, frame: torch.Tensor,
-                distortion_map: torch.Tensor | None, *,
-                timer: Timer = untimed) -> tuple[torch.Tensor | None, torch.Tensor]:
+                distortion_map: torch.Tensor | None, *, estimate: Estimate | None = None,
+                timer: Timer = untimed,
+                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """The mode's current-frame branch on ``frame`` and its fusion with ``propagated``:
-        (cue, fused); (None, propagated) for a mode without a branch."""
+        (cue, fused, distortion map); (None, propagated, map) for a mode without a branch.
+
+        With the ``signals`` estimator (``net.refiner``), a mode that fuses with the map
+        refines DMNet's ``distortion_map`` from the signals (which needs the ``estimate``'s
+        images) and fuses with the refiner's floored weight; the map returned is the refined
+        one. Otherwise the map returned is ``distortion_map``."""
         spec = mode_spec(mode)
         if spec.cue is None:
-            return None, propagated
+            return None, propagated, distortion_map
         with timer("cfnet"):
             cue = getattr(self.net, spec.cue)(frame)
         with timer("fuse"):
-            weight = (fusion_map(distortion_map, self.fusion_map) if spec.distortion
-                      else None)
+            weight = None
+            if spec.distortion:
+                images = (None if estimate is None else
+                          (estimate.warped_image, estimate.current_image))
+                distortion_map, weight = self.fusion_weight(distortion_map, cue, propagated,
+                                                            images)
             fused = getattr(self.net, spec.fusion)(propagated, cue, weight)
-        return cue, fused
+        return cue, fused, distortion_map
+
+    def fusion_weight(self, distortion_map: torch.Tensor, cue: torch.Tensor,
+                      propagated: torch.Tensor,
+                      images: tuple[torch.Tensor, torch.Tensor] | None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the distortion map, the weight Eq. 4 gives the cue): DMNet's map and itself
+        (or the constant map) for the paper's estimator; the refined map and its floored
+        weight for ``signals``, which needs ``images`` (the warped key image and the current
+        image at 1/4)."""
+        refiner = self.refiner
+        if refiner is None or self.fusion_map == "constant":
+            return distortion_map, fusion_map(distortion_map, self.fusion_map)
+        if images is None:
+            raise ValueError("the signals distortion estimator needs the warped key image "
+                             "and the current image")
+        refined = refiner(distortion_signals(distortion_map, cue, propagated, *images))
+        return refined, refiner.fusion_weight(refined)
 
     def propagate(self, state: PropagationState, frame: torch.Tensor, mode: str, *,
                   distortion: bool | None = None, flow: torch.Tensor | None = None,

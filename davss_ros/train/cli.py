@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (stages, logs, final.pt)")
     parser.add_argument("--force", action="store_true",
                         help="retrain every stage, even those finished in --out")
-    parser.add_argument("--from-stage", type=int, choices=range(4), default=None,
+    parser.add_argument("--from-stage", type=int, choices=range(5), default=None,
                         metavar="N", help="retrain stage N and the stages after it")
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                         help="stop (resumably) after this many optimiser steps in this run")

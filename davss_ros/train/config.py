@@ -1,17 +1,18 @@
-"""Typed configuration of ``davss train``: data set, model, the four stages, run settings.
+"""Typed configuration of ``davss train``: data set, model, the five stages, run settings.
 
 A training YAML has four sections besides a few run settings::
 
     dataset: {kind: synthetic | cityscapes | camvid, root: DIR, train_split, val_split,
               generate: {...}}          # generate: synthetic only, rendered when missing
     model: {...}                        # a davss_ros model config (preset + overrides)
-    stages: {0: {...}, 1: {...}, 2: {...}, 3: {...}}
+    stages: {0: {...}, 1: {...}, 2: {...}, 3: {...}, 4: {...}}
     seed: 0
     num_workers: 2
 
 Stages (see ``davss_ros.train.stages``): 0 segmenter, 1 flow-net pretraining on synthetic
 pairs (learned flow only), 2 DMNet, 3 flow + CFNet with dual deep supervision (and the
-Accel baseline's branch). ``batch_size`` is the global batch of one iteration, split evenly
+Accel baseline's branch), 4 the ``signals`` distortion estimator (model.distortion: signals
+only). ``batch_size`` is the global batch of one iteration, split evenly
 over the processes of a distributed run.
 """
 
@@ -148,6 +149,22 @@ class Stage3Config(StageConfig):
 
 
 @dataclass
+class Stage4Config(StageConfig):
+    """The ``signals`` distortion estimator and its fusion floor (model.distortion: signals;
+    skipped otherwise); everything else frozen. Chains as in stage 2."""
+
+    iterations: int = 400
+    lr: float = 1e-3
+    lr_schedule: str = "poly"
+    max_distance: int = 10
+    # auto: the last frame's label where the data set has one, else the segmenter's pseudo
+    # label; label / segmenter: always that (segmenter: learn from a key segmenter alone).
+    target: str = "auto"
+    bce_weight: float = 1.0  # weight of the BCE of the refined map against the paper's target
+    cache_logits: bool = False  # as in stage 2
+
+
+@dataclass
 class TrainConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: DavssConfig = field(default_factory=DavssConfig)
@@ -155,6 +172,7 @@ class TrainConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
+    stage4: Stage4Config = field(default_factory=Stage4Config)
     seed: int = 0
     num_workers: int = 2
     device: str = "auto"
@@ -168,7 +186,7 @@ class TrainConfig:
         out = {
             "dataset": _plain(dataclasses.asdict(self.dataset)),
             "model": self.model.to_dict(),
-            "stages": {n: _plain(dataclasses.asdict(self.stage(n))) for n in range(4)},
+            "stages": {n: _plain(dataclasses.asdict(self.stage(n))) for n in STAGES},
         }
         for name in ("seed", "num_workers", "device", "threads"):
             out[name] = getattr(self, name)
@@ -182,7 +200,7 @@ class TrainConfig:
         if d.resize is not None and len(d.resize) != 2:
             raise ValueError(f"dataset.resize must be [height, width], got {d.resize!r}")
         m = self.model.model
-        for n in range(4):
+        for n in STAGES:
             s = self.stage(n)
             where = f"stages.{n}"
             if s.optimizer not in OPTIMIZERS:
@@ -207,7 +225,7 @@ class TrainConfig:
                 if any(int(c) % multiple or int(c) < multiple for c in s.crop):
                     raise ValueError(f"{where}.crop must be multiples of {multiple}, "
                                      f"got {list(s.crop)}")
-        for n in (2, 3):
+        for n in (2, 3, 4):
             s = self.stage(n)
             if s.cache_logits and (s.crop is not None or tuple(s.scale) != (1.0, 1.0)
                                    or s.flip):
@@ -216,8 +234,12 @@ class TrainConfig:
         if self.stage0.labelled not in ("auto", "annotated", "dense"):
             raise ValueError(f"stages.0.labelled must be auto, annotated or dense; got "
                              f"{self.stage0.labelled!r}")
-        if self.stage2.max_distance < 1:
-            raise ValueError("stages.2.max_distance must be >= 1")
+        for n in (2, 4):
+            if self.stage(n).max_distance < 1:
+                raise ValueError(f"stages.{n}.max_distance must be >= 1")
+        if self.stage4.target not in ("auto", "label", "segmenter"):
+            raise ValueError(f"stages.4.target must be auto, label or segmenter; got "
+                             f"{self.stage4.target!r}")
         s3 = self.stage3
         if not 2 <= s3.min_distance <= s3.max_distance:
             raise ValueError(f"stages.3 needs 2 <= min_distance <= max_distance (F2 lies "
@@ -237,6 +259,8 @@ class TrainConfig:
         model = self.model.to_dict()["model"]
         for name in INFERENCE_ONLY:  # training never reads them (stage 3 has its switches)
             model.pop(name, None)
+        if n < 4:  # stages 0-3 train the same with either distortion estimator
+            model.pop("distortion", None)
         data = {
             "model": model,
             "dataset": {k: v for k, v in _plain(dataclasses.asdict(self.dataset)).items()
@@ -251,7 +275,9 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_STAGE_CLASSES = {0: Stage0Config, 1: Stage1Config, 2: Stage2Config, 3: Stage3Config}
+_STAGE_CLASSES = {0: Stage0Config, 1: Stage1Config, 2: Stage2Config, 3: Stage3Config,
+                  4: Stage4Config}
+STAGES = tuple(_STAGE_CLASSES)
 
 
 def load_train_config(source: str | Path | dict[str, Any]) -> TrainConfig:
@@ -323,7 +349,7 @@ def _parse(data: dict[str, Any]) -> TrainConfig:
     model = load_config({"preset": preset_name, "model": model_in})
     stages_in = data.pop("stages", None) or {}
     if not isinstance(stages_in, dict):
-        raise ValueError("stages: expected a mapping 0..3 -> settings")
+        raise ValueError("stages: expected a mapping 0..4 -> settings")
     stages = {}
     for key, value in stages_in.items():
         try:
@@ -331,7 +357,7 @@ def _parse(data: dict[str, Any]) -> TrainConfig:
         except (TypeError, ValueError):
             n = -1
         if n not in _STAGE_CLASSES:
-            raise ValueError(f"stages: unknown stage {key!r}; expected 0, 1, 2 or 3")
+            raise ValueError(f"stages: unknown stage {key!r}; expected 0, 1, 2, 3 or 4")
         value = dict(value or {})
         for name in ("crop", "scale", "betas"):
             if value.get(name) is not None:

@@ -292,15 +292,18 @@ class DistortionClips(_Seeded):
 
     ``frames`` is (max_distance + 1) x 3 x H x W with the chain at the end (F_t last) and
     zeros before the key frame; ``distance`` is j; ``frame_ids`` (see ``frame_id``, -1 for the
-    padding). No label is needed: the target comes from the frozen segmenter.
+    padding). No label is needed: the target comes from the frozen segmenter. With
+    ``labels`` (stage 4), ``label`` is F_t's label where the data set has one, else all 255
+    (ignored), and ``has_label`` says which.
     """
 
     def __init__(self, source: SnippetSource, *, max_distance: int, augment: Augment,
-                 seed: int = 0) -> None:
+                 seed: int = 0, labels: bool = False) -> None:
         super().__init__(seed)
         if max_distance < 1:
             raise ValueError(f"max_distance must be >= 1, got {max_distance}")
         self.source, self.max_distance, self.augment = source, int(max_distance), augment
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.source)
@@ -313,11 +316,17 @@ class DistortionClips(_Seeded):
         t = int(rng.integers(1, n))
         j = int(rng.integers(1, min(self.max_distance, t) + 1))
         chain = [self.source.frame(index, k) for k in range(t - j, t + 1)]
-        chain, _, _, _ = self.augment(rng, chain)
+        label = self.source.label(index, t) if self.labels else None
+        chain, (label,), _, _ = self.augment(rng, chain, [label])
         pad = [np.zeros_like(chain[0])] * (self.max_distance - j)
         ids = [-1] * (self.max_distance - j) + [frame_id(index, k) for k in range(t - j, t + 1)]
-        return {"frames": _chw(pad + chain), "distance": np.int64(j),
-                "frame_ids": np.array(ids, np.int64)}
+        out = {"frames": _chw(pad + chain), "distance": np.int64(j),
+               "frame_ids": np.array(ids, np.int64)}
+        if self.labels:
+            out["has_label"] = np.bool_(label is not None)
+            out["label"] = (np.ascontiguousarray(label) if label is not None else
+                            np.full(chain[0].shape[:2], IGNORE_ID, np.uint8))
+        return out
 
 
 class TripletClips(_Seeded):

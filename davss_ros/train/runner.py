@@ -40,7 +40,7 @@ from davss_ros.classes import default_class_names, default_palette
 from davss_ros.config import DavssConfig
 from davss_ros.model import DavssNet, build_davss_net, build_flow
 
-from .config import TrainConfig
+from .config import STAGES, TrainConfig
 from .data import (
     Augment,
     DistortionClips,
@@ -66,13 +66,15 @@ from .stages import (
     DMNetStep,
     FlowStep,
     LogitCache,
+    RefinerStep,
     SegmenterStep,
     prepare_batch,
     set_trainable,
 )
 
 STAGE_NAMES = {0: "segmenter", 1: "flow network", 2: "DMNet",
-               3: "flow + CFNet (dual deep supervision) and Accel branch"}
+               3: "flow + CFNet (dual deep supervision) and Accel branch",
+               4: "signals distortion estimator"}
 
 
 def label_table(cfg: TrainConfig) -> tuple[list[str], list[tuple[int, int, int]]]:
@@ -164,7 +166,7 @@ class Trainer:
         net.to(ctx.device)
         pending: Checkpoint | None = None  # weights of the last skipped stage, loaded lazily
         rerun = self.force
-        for n in range(4):
+        for n in STAGES:
             fp = cfg.fingerprint(n)
             ck_path, st_path = self._paths(n)
             if self.from_stage is not None and n >= self.from_stage:
@@ -186,13 +188,13 @@ class Trainer:
                 continue
             rerun = True  # everything after a stage that runs now runs too
             if pending is not None:
-                load_weights(net, pending)
+                _load_stage(net, pending)
                 pending = None
             resume = None
             if existing is not None and st_path.is_file():
                 state = load_state(st_path)
                 if state.get("fingerprint") == fp:
-                    load_weights(net, existing)
+                    _load_stage(net, existing)
                     resume = state
                     ctx.log(f"stage {n}: resuming at iteration {state['iteration']} from "
                             f"{st_path}")
@@ -202,7 +204,7 @@ class Trainer:
                 ctx.log(f"{stop}; re-run the same command to continue")
                 return None
         if pending is not None:
-            load_weights(net, pending)
+            _load_stage(net, pending)
         return self._write_final(net)
 
     def _take_reused(self, n: int, fp: str) -> None:
@@ -244,6 +246,8 @@ class Trainer:
             skip = "disabled in the configuration"
         elif n == 1 and net.flownet is None:
             skip = f"flow provider is {cfg.model.model.flow.provider!r}, no flow network"
+        elif n == 4 and net.refiner is None:
+            skip = "model.distortion is paper (DMNet alone)"
         if skip is not None:
             ctx.log(f"stage {n} ({self._name(n)}): skipped, {skip}")
             self.summary[str(n)] = {"skipped": skip}
@@ -316,6 +320,15 @@ class Trainer:
             cache = LogitCache() if cfg.stage2.cache_logits else None
             return DMNetStep(net, flow, cache=cache), dataset, [{"params": _params(net.dmnet),
                                                     "name": "dmnet"}]
+        if n == 4:
+            s4 = cfg.stage4
+            set_trainable(net, {"refiner"})
+            dataset = DistortionClips(source, max_distance=s4.max_distance,
+                                      augment=_augment(scfg), seed=seed,
+                                      labels=s4.target != "segmenter")
+            module = RefinerStep(net, flow, target=s4.target, bce_weight=s4.bce_weight,
+                                 cache=LogitCache() if s4.cache_logits else None)
+            return module, dataset, [{"params": _params(net.refiner), "name": "refiner"}]
         s3 = cfg.stage3
         train_flow = learned and s3.train_flow
         names = {"cfnet"} | ({"flownet"} if train_flow else set()) | (
@@ -397,6 +410,14 @@ class Trainer:
         union = conf.sum(0) + conf.sum(1) - np.diag(conf)
         present = union > 0
         return float((inter[present] / union[present]).mean()) if present.any() else None
+
+
+def _load_stage(net: DavssNet, checkpoint: Checkpoint) -> None:
+    """A stage's weights into ``net``; a stage written by a run without the signals refiner
+    (stages 0-3 are the same either way, so ``--reuse`` shares them) leaves the refiner as
+    it is."""
+    optional = ("refiner.",) if net.refiner is not None else ()
+    load_weights(net, checkpoint, optional=optional)
 
 
 def _params(module: torch.nn.Module | None) -> list[torch.nn.Parameter]:

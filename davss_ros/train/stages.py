@@ -5,6 +5,9 @@
 - 2 ``DMNetStep``: the key frame's logits and 1/4 image are propagated frame by frame from
   F_{t-j} to F_t with the frozen flow; DMNet learns where argmax(propagated) differs from
   argmax(segmenter on F_t).
+- 4 ``RefinerStep`` (``model.distortion: signals`` only): the key frame is propagated as in
+  stage 2; the refiner (``davss_ros.model.refiner``) and its fusion floor learn from the
+  fused output's cross-entropy and a BCE of the refined map, everything else frozen.
 - 3 ``DDSStep``: dual deep supervision of the flow (when learned) and CFNet: F1 -> F2 -> F3
   with two warps (flows computed between those frames directly, as in the paper's
   training), L_P, L_C and L_DGFL on F2 (pseudo label) and F3 (ground truth); and the Accel
@@ -51,7 +54,7 @@ def prepare_batch(batch: dict[str, Any], device: torch.device) -> dict[str, torc
             v = v.float().div_(255.0)
         elif k in ("label", "distance", "indices", "frame_ids"):
             v = v.long()
-        elif k == "valid":
+        elif k in ("valid", "has_label"):
             v = v.bool()
         out[k] = v
     return out
@@ -239,7 +242,10 @@ class DDSStep(nn.Module):
             else:
                 key = _segment(net, f1, None if ids is None else ids[:, 0], self.cache)
                 steps = [(f3, f1, label)]
-        step = net.non_key_step(self.flow, fusion_map=None if sw.dgfc else "constant")
+        # CFNet learns against DMNet's map (the paper's); a signals refiner comes after, in
+        # stage 4, as it needs a trained cue.
+        step = net.non_key_step(self.flow, fusion_map=None if sw.dgfc else "constant",
+                                refine=False)
         state = PropagationState.from_key(f1, key)
         terms, accel_terms = [], []
         for current, previous, target in steps:
@@ -248,7 +254,7 @@ class DDSStep(nn.Module):
             parts = step.propagate(state, current, "davss", flow=flow)
             terms.append(frame_losses(parts, target, sw))
             if self.accel:
-                _, fused = step.correct("accel", parts.propagated.detach(), current, None)
+                _, fused, _ = step.correct("accel", parts.propagated.detach(), current, None)
                 accel_terms.append(segmentation_loss(fused, target))
             state = parts.next_state(current)
         out = combine_dds(terms)
@@ -256,3 +262,56 @@ class DDSStep(nn.Module):
             out["L_accel"] = torch.stack(accel_terms).mean()
         out["M_mean"] = parts.distortion_map.detach().mean()
         return out
+
+
+class RefinerStep(nn.Module):
+    """Stage 4: the ``signals`` distortion estimator and its fusion floor.
+
+    Chains of 1..max_distance frames (stage 2's data) are propagated by the frozen flow; on
+    the last frame the model's own non-key step (frozen DMNet and CFNet, the refiner with
+    gradients) gives the refined map M_s and the fused logits. Loss: cross-entropy of the
+    fused logits against the target (the frame's label where the batch has one, else the
+    segmenter's pseudo label: the same loss teaches from a key segmenter alone) plus
+    ``bce_weight`` x BCE of M_s against argmax(propagated) != argmax(segmenter), the paper's
+    distortion target.
+    """
+
+    def __init__(self, net: DavssNet, flow: FlowProvider, *, target: str = "auto",
+                 bce_weight: float = 1.0, cache: LogitCache | None = None) -> None:
+        super().__init__()
+        if net.refiner is None:
+            raise ValueError("stage 4 trains the signals distortion estimator; the model has "
+                             "none (model.distortion: paper)")
+        if target not in REFINER_TARGETS:
+            raise ValueError(f"target must be one of {', '.join(REFINER_TARGETS)}, got "
+                             f"{target!r}")
+        self.net, self.flow, self.cache = net, flow, cache
+        self.target, self.bce_weight = target, float(bce_weight)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        frames = batch["frames"]
+        current = frames[:, -1]
+        prop, prop_image, current_logits = propagate_chain(
+            self.net, self.flow, frames, batch["distance"], frame_ids=batch.get("frame_ids"),
+            cache=self.cache)
+        step = self.net.non_key_step(self.flow)
+        current_image = quarter_image(current)
+        with torch.no_grad():
+            m = step.distortion(prop_image, current_image)
+            cue = self.net.cfnet(current)
+        refined, weight = step.fusion_weight(m, cue, prop, (prop_image, current_image))
+        fused = self.net.fusion(prop, cue, weight)
+        size = current.shape[-2:]
+        target = pseudo_label(current_logits, size)
+        if self.target != "segmenter" and "label" in batch:
+            has = batch["has_label"].view(-1, 1, 1)
+            target = torch.where(has, batch["label"], target)
+        ce = segmentation_loss(fused, target)
+        bce = distortion_loss(refined, distortion_target(prop, current_logits))
+        loss = ce + self.bce_weight * bce
+        return {"loss": loss, "CE": ce.detach(), "BCE": bce.detach(),
+                "M_mean": refined.detach().mean(), "floor": self.net.refiner.floor.detach(),
+                "slope": self.net.refiner.slope.detach()}
+
+
+REFINER_TARGETS = ("auto", "label", "segmenter")

@@ -1,3 +1,5 @@
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -5,6 +7,7 @@ import pytest
 from davss_ros.data.imageio import read_label
 from davss_ros.data.labels import id_to_train_id
 from davss_ros.data.synthetic import (
+    DUSK_HAZE,
     SceneConfig,
     clip_seed,
     render_clip,
@@ -150,3 +153,27 @@ def test_write_cityscapes_layout_uses_official_names_and_ids(tmp_path):
 def test_write_refuses_clips_without_an_annotated_frame(tmp_path):
     with pytest.raises(ValueError, match="frames"):
         write_cityscapes_layout(tmp_path, "train", 1, 32, 64, seed=0, frames=10, progress=False)
+
+
+def test_dusk_look_changes_the_images_only_and_darkens_far_pixels_towards_the_haze():
+    cfg = SceneConfig(height=64, width=128, frames=3, seed=11)
+    day = render_clip(cfg)
+    dusk = render_clip(dataclasses.replace(cfg, look="dusk"))
+    assert np.array_equal(day.labels, dusk.labels)
+    assert np.array_equal(day.flows, dusk.flows)
+    assert dusk.images.mean() < 0.8 * day.images.mean()
+    # near pixels keep more of their own colour than far ones (the haze thickens with depth)
+    diff = np.abs(dusk.images.astype(float) - day.images.astype(float)).mean(-1)
+    finite = np.isfinite(day.depth)
+    near = finite & (day.depth < 10)
+    far = finite & (day.depth > 60)
+    assert near.any() and far.any()
+    dusk_far = dusk.images[far].astype(float)
+    assert np.abs(dusk_far - DUSK_HAZE * 255).mean() < np.abs(
+        dusk.images[near].astype(float) - DUSK_HAZE * 255).mean()
+    assert diff.mean() > 10
+
+
+def test_unknown_look_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="day, dusk"):
+        SceneConfig(look="noon")

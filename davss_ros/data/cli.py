@@ -12,6 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="root folder to write into")
     parser.add_argument("--train", type=int, default=100, help="training clips (default 100)")
     parser.add_argument("--val", type=int, default=20, help="validation clips (default 20)")
+    parser.add_argument("--test", type=int, default=0, help="test clips (default 0)")
+    parser.add_argument("--look", default="day", choices=("day", "dusk"),
+                        help="day (the training look) or dusk (dim, warm, hazy, noisier: a "
+                             "domain shift; labels and motion are the same as day's)")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--frames", type=int, default=30,
@@ -30,18 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from davss_ros.data.synthetic import write_cityscapes_layout
 
-    if args.train < 0 or args.val < 0:
-        raise SystemExit("--train and --val must be >= 0")
+    if args.train < 0 or args.val < 0 or args.test < 0:
+        raise SystemExit("--train, --val and --test must be >= 0")
     t0 = time.perf_counter()
-    for split, n in (("train", args.train), ("val", args.val)):
+    for split, n in (("train", args.train), ("val", args.val), ("test", args.test)):
         if n == 0:
             continue
         write_cityscapes_layout(
             args.out, split, n, args.height, args.width, args.seed, frames=args.frames,
             city=args.city, all_labels=not args.no_dense_labels, workers=args.workers,
-            progress=not args.quiet, flows=args.flows)
-    n_frames = (args.train + args.val) * args.frames
+            progress=not args.quiet, flows=args.flows, look=args.look)
+    n_frames = (args.train + args.val + args.test) * args.frames
     dt = time.perf_counter() - t0
-    print(f"wrote {args.train} train + {args.val} val clips ({n_frames} frames, "
-          f"{args.height}x{args.width}) to {args.out} in {dt:.1f} s")
+    print(f"wrote {args.train} train + {args.val} val + {args.test} test clips, {args.look} "
+          f"look ({n_frames} frames, {args.height}x{args.width}) to {args.out} in {dt:.1f} s")
     return 0

@@ -59,6 +59,12 @@ from davss_ros.classes import IGNORE_ID
 
 NEAR = 0.3  # metres: nothing is drawn closer to the camera than this
 SKY_DEPTH = 1.0e6  # depth-buffer value of the sky (points at infinity)
+LOOKS = ("day", "dusk")
+# Dusk: light tinted warm and dimmed, haze of this colour reaching 1 - 1/e at DUSK_HAZE_M.
+DUSK_TINT = np.array([1.0, 0.74, 0.52], np.float32) * np.float32(0.5)
+DUSK_HAZE = np.array([0.32, 0.24, 0.30], np.float32)
+DUSK_HAZE_M = 45.0
+DUSK_NOISE_FACTOR = 3.0
 MAX_GROUND = 1.0e5  # ground hits further than this (at the horizon) are drawn as sky
 HOOD_DEPTH = 0.5
 SMALL_AREA = 3000  # primitives whose screen box is smaller are rasterised in one batch
@@ -105,8 +111,14 @@ class SceneConfig:
     pedestrians: int | None = None
     noise: float = 1.0  # sensor noise, standard deviation in 8-bit levels
     blur: float = 0.6  # optical blur, Gaussian sigma in pixels (softens the aliased edges)
+    # The look of the images (labels, geometry and flow are the same for every look): day
+    # (what the shipped models are trained on) or dusk (dim warm light, haze that thickens
+    # with distance, 3x the sensor noise): a domain shift made on demand.
+    look: str = "day"
 
     def __post_init__(self) -> None:
+        if self.look not in LOOKS:
+            raise ValueError(f"look must be one of {', '.join(LOOKS)}, got {self.look!r}")
         if self.height < 8 or self.width < 8:
             raise ValueError(f"image size must be at least 8x8, got {self.height}x{self.width}")
         if self.frames < 1:
@@ -667,8 +679,9 @@ class _Renderer:
         rng = np.random.default_rng(scene.noise_seed)
         self.noise_rng = rng
         n = H * W * 3
+        sigma = cfg.noise * (DUSK_NOISE_FACTOR if cfg.look == "dusk" else 1.0)
         self.noise_bank = (rng.standard_normal(n + 4099, dtype=np.float32)
-                           * np.float32(cfg.noise) + np.float32(0.5))
+                           * np.float32(sigma) + np.float32(0.5))
 
     # ---- per-frame transforms of all primitives
     def _frame(self, t: int) -> dict:
@@ -938,7 +951,7 @@ class _Renderer:
             prev = (zbuf, pbuf)
             depth[t] = zbuf
             labels[t] = lab
-            images[t] = self._expose(rgb, t)
+            images[t] = self._expose(self._grade(rgb, zbuf), t)
         depth[depth >= SKY_DEPTH] = np.inf
         K = np.array([[self.f, 0, self.cx], [0, self.f, self.cy], [0, 0, 1.0]])
         poses = np.zeros((T, 4, 4))
@@ -951,6 +964,14 @@ class _Renderer:
                 "moving_cars": scene.n_moving_cars, "pedestrians": scene.n_pedestrians,
                 "curvature": scene.road.kappa, "speed_mps": scene.ego_speed.tolist()}
         return Clip(images, labels, flows, valid, depth, objs, K, poses, cfg, info)
+
+    def _grade(self, rgb: np.ndarray, zbuf: np.ndarray) -> np.ndarray:
+        """The clip's look applied to the shaded linear image (day: unchanged)."""
+        if self.scene.cfg.look == "day":
+            return rgb
+        depth = np.minimum(zbuf.reshape(rgb.shape[:2]), np.float32(1e4))
+        haze = (1.0 - np.exp(-depth / np.float32(DUSK_HAZE_M)))[..., None].astype(np.float32)
+        return rgb * DUSK_TINT * (1.0 - haze) + DUSK_HAZE * haze
 
     def _expose(self, rgb: np.ndarray, t: int) -> np.ndarray:
         scene = self.scene

@@ -260,3 +260,63 @@ def test_davss_eval_runs_the_oracle_modes_on_request(root, tiny_yaml, tmp_path, 
     rc = main(["eval", "--untrained", "--config", str(tiny_yaml), "--root", str(root),
                "--modes", "davss_oracle", "--device", "cpu", "--no-progress"])
     assert rc == 2 and "davss_gt" in capsys.readouterr().err
+
+
+def test_hold_scores_the_key_frames_own_labels_on_the_annotated_frame(root):
+    torch.set_num_threads(1)
+    dataset = CityscapesSequences(root, "val")
+    segs = build_segmenters(untrained_checkpoint(load_config(TINY)), ["hold"], device="cpu")
+    res = evaluate_pda(segs, dataset, distances=[2, 5], limit=1)["hold"]
+    sample = dataset.pda_sample(0, 5)
+    per_frame = build_segmenters(untrained_checkpoint(load_config(TINY)), ["per_frame"],
+                                 device="cpu")["per_frame"]
+    for d in (2, 5):
+        per_frame.reset()
+        labels = per_frame.step(sample.frames[5 - d]).labels
+        expected = ConfusionMatrix(res.matrices[d].num_classes)
+        expected.update(labels, sample.label)
+        assert np.array_equal(res.matrices[d].matrix, expected.matrix)
+    assert res.frames == 2
+
+
+def test_teacher_reference_scores_against_the_per_frame_prediction(root):
+    torch.set_num_threads(1)
+    dataset = CityscapesSequences(root, "val")
+    segs = build_segmenters(untrained_checkpoint(load_config(TINY)),
+                            ["per_frame", "hold", "dff"], device="cpu")
+    res = evaluate_pda(segs, dataset, distances=[1, 3], limit=2, reference="teacher")
+    # the teacher agrees with itself on every pixel, labelled or not
+    for d in (1, 3):
+        m = res["per_frame"].matrices[d]
+        assert m.pixel_accuracy() == 1.0 and m.total == 2 * H * W
+    # hold at d scores the key frame's prediction against the teacher's annotated frame
+    sample = dataset.pda_sample(0, 3)
+    segs["per_frame"].reset()
+    teacher = segs["per_frame"].step(sample.frames[-1]).labels
+    segs["per_frame"].reset()
+    key = segs["per_frame"].step(sample.frames[0]).labels
+    one = ConfusionMatrix(res["hold"].matrices[3].num_classes)
+    one.update(key, teacher)
+    res1 = evaluate_pda({"hold": segs["hold"], "per_frame": segs["per_frame"]}, dataset,
+                        distances=[3], limit=1, reference="teacher")
+    assert np.array_equal(res1["hold"].matrices[3].matrix, one.matrix)
+
+
+def test_teacher_reference_without_a_per_frame_segmenter_is_refused(root):
+    dataset = CityscapesSequences(root, "val")
+    segs = build_segmenters(untrained_checkpoint(load_config(TINY)), ["dff"], device="cpu")
+    with pytest.raises(ValueError, match="per_frame or hold"):
+        evaluate_pda(segs, dataset, distances=[1], limit=1, reference="teacher")
+
+
+def test_davss_eval_reference_teacher_prints_agreement(root, tiny_yaml, tmp_path, capsys):
+    out = tmp_path / "teacher.json"
+    rc = main(["eval", "--untrained", "--config", str(tiny_yaml), "--root", str(root),
+               "--limit", "1", "--distances", "1,2", "--modes", "hold,dff",
+               "--reference", "teacher", "--device", "cpu", "--no-progress",
+               "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["reference"] == "teacher"
+    assert [r["mode"] for r in report["results"]] == ["hold", "dff"]
+    assert "agree (%)" in capsys.readouterr().out

@@ -9,7 +9,16 @@ Prints a table (rows: modes; columns: d and the mean over d; mIoU in percent) an
 numbers as JSON (``--json``) and the PDA curve as PNG (``--plot``). ``--modes`` also takes
 the oracle upper bounds ``davss_gt`` and ``accel_gt`` (only the pixels the propagation got
 wrong, found with the label, take the correction; see ``pda.py``); they are not run unless
-asked for.
+asked for, nor is ``hold`` (the key frame's labels reused unwarped: the floor of
+propagation).
+
+``--reference teacher`` scores every mode against the per-frame segmenter's prediction of
+the annotated frame instead of its label (agreement with the key segmenter, for video
+without labels or in a look the model was not trained on); it prints pixel agreement as
+well as mIoU::
+
+    davss eval --root out/data/synthetic_dusk --split test --reference teacher \
+        --modes per_frame,hold,dff,accel,davss
 
 ``--schedule-sweep`` runs the other evaluation, fixed against adaptive key-frame scheduling
 at matched mean cost over whole clips (``schedule_eval.py``)::
@@ -33,6 +42,8 @@ from davss_ros.registry import DATASETS
 from .pda import (
     DISTANCES,
     EVAL_MODES,
+    HOLD,
+    REFERENCES,
     build_segmenters,
     evaluate_pda,
     results_as_json,
@@ -58,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", help="default: %(default)s")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"some of {', '.join(EVAL_MODES)} (default: %(default)s)")
+    parser.add_argument("--reference", choices=REFERENCES, default="label",
+                        help="score against the label, or against the per-frame segmenter's "
+                             "prediction (teacher: agreement; adds per_frame to the modes)")
     parser.add_argument("--distances", default=",".join(map(str, DISTANCES)),
                         help="propagation distances d, e.g. 1,5,9 or 1-9 (default: 1-9)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N snippets")
@@ -104,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_sweep(args)
     try:
         modes = _parse_modes(args.modes)
+        if args.reference == "teacher" and not {"per_frame", HOLD} & set(modes):
+            modes = ["per_frame", *modes]
         distances = parse_distances(args.distances)
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -128,13 +144,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         results = evaluate_pda(segmenters, dataset, distances=distances, limit=args.limit,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, reference=args.reference)
     except (ValueError, FileNotFoundError, IndexError) as exc:  # a snippet the data lacks
         print(f"davss eval: error: {exc}", file=sys.stderr)
         return 2
     report = {
         "dataset": args.dataset,
         "split": args.split,
+        "reference": args.reference,
         "checkpoint": checkpoint_name,
         "units": "percent",
         "root": str(args.root),
@@ -147,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         "results": results_as_json(results, first.class_names),
     }
     print(format_table(report))
+    if args.reference == "teacher":
+        print(format_table(report, "pixel_accuracy", "agree (%)"))
     if args.reliability:
         report["reliability"] = _reliability(
             args, checkpoint, dataset, distances, input_size,
@@ -221,13 +240,18 @@ def parse_distances(text: str, *, option: str = "--distances") -> list[int]:
     return sorted(out)
 
 
-def format_table(report: dict) -> str:
-    """Rows: modes; columns: mIoU (%) at each d and the mean over d."""
+def format_table(report: dict, key: str = "miou", title: str = "mIoU (%)") -> str:
+    """Rows: modes; columns: ``key`` (mIoU, or pixel_accuracy) in % at each d and the mean
+    over d."""
     ds = [str(d) for d in report["distances"]]
-    head = f"{'mIoU (%)':<10}" + "".join(f"{'d=' + d:>8}" for d in ds) + f"{'mean':>8}"
+    head = f"{title:<10}" + "".join(f"{'d=' + d:>8}" for d in ds) + f"{'mean':>8}"
     lines = [head, "-" * len(head)]
     for row in report["results"]:
-        cells = [row["miou"][d] for d in ds] + [row["mean_miou"]]
+        values = [row[key][d] for d in ds]
+        finite = [v for v in values if v is not None]
+        mean = row["mean_miou"] if key == "miou" else (
+            round(float(sum(finite) / len(finite)), 2) if finite else None)
+        cells = values + [mean]
         lines.append(f"{row['mode']:<10}" + "".join(
             f"{'-' if v is None else f'{v:.2f}':>8}" for v in cells))
     return "\n".join(lines)
@@ -301,6 +325,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     report = {
         "dataset": args.dataset,
         "split": args.split,
+        "reference": args.reference,
         "checkpoint": checkpoint_name,
         "root": str(args.root),
         "input_height": model.input_height,

@@ -10,6 +10,10 @@ depend on d, so it is made once per snippet and scored for every d.
 Every mode of one run uses the same weights (one checkpoint, or one set of untrained
 weights), so the curves differ by the method only.
 
+``hold`` reuses the key frame's labels unwarped (the floor of propagation), and with
+``reference="teacher"`` every mode is scored against the per-frame segmenter's prediction
+of the annotated frame instead of its label: agreement with the key segmenter.
+
 Oracle modes (the paper's Table IV upper bound, where only the wrongly predicted regions are
 rectified, found with the ground truth): ``davss_gt`` runs the davss pipeline and scores, on
 the annotated frame, the argmax of the propagated logits f_P where it agrees with the label
@@ -44,8 +48,15 @@ DISTANCES = tuple(range(1, 10))
 
 # Oracle mode -> (pipeline mode it runs, FrameParts field replacing f_P on wrong pixels).
 ORACLE_MODES = {"davss_gt": ("davss", "cue"), "accel_gt": ("accel", "fused")}
-# Everything evaluate_pda can score: the pipeline's modes, then the oracles.
-EVAL_MODES = MODES + tuple(ORACLE_MODES)
+# The floor every propagating mode must beat: the key frame's labels reused unwarped
+# (a per-frame segmenter run on the key frame only).
+HOLD = "hold"
+# Everything evaluate_pda can score: the pipeline's modes, the oracles and the floor.
+EVAL_MODES = MODES + tuple(ORACLE_MODES) + (HOLD,)
+# What the annotated frame is scored against: its label, or the per-frame segmenter's own
+# prediction of it (agreement with the key segmenter: no label needed, e.g. on a user's
+# video or on a look the model was not trained on).
+REFERENCES = ("label", "teacher")
 
 # Fixed schedule that never asks for a key frame inside a PDA run: the reset makes the first
 # frame key and every later one is propagated. The scene-cut rule is switched off, as the
@@ -135,8 +146,9 @@ def build_segmenters(checkpoint: Checkpoint, modes: Iterable[str] = MODES, *,
     out = {}
     for mode in modes:
         oracle = ORACLE_MODES.get(mode)
+        run = oracle[0] if oracle else "per_frame" if mode == HOLD else mode
         out[mode] = VideoSegmenter.from_checkpoint(
-            checkpoint, mode=oracle[0] if oracle else mode, input_size=input_size,
+            checkpoint, mode=run, input_size=input_size,
             schedule=replace(PDA_SCHEDULE), key_segmenter=key_segmenter, device=device,
             keep_parts=oracle is not None)
     return out
@@ -177,7 +189,7 @@ def oracle_prediction(segmenter: VideoSegmenter, result: FrameResult, label: np.
 
 def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset, *,
                  distances: Sequence[int] = DISTANCES, limit: int | None = None,
-                 progress: bool = False,
+                 progress: bool = False, reference: str = "label",
                  on_step: Callable[[Step], None] | None = None) -> dict[str, PdaResult]:
     """Run the PDA protocol for every mode in ``segmenters`` over ``dataset``.
 
@@ -190,8 +202,20 @@ def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset,
         distances: propagation distances d to score, each >= 1.
         limit: score only the first ``limit`` snippets.
         progress: show a tqdm bar over snippets.
+        reference: ``label`` scores against the annotated label; ``teacher`` against the
+            per-frame segmenter's prediction of the annotated frame (every pixel counts),
+            which needs a ``per_frame`` (or ``hold``) segmenter among ``segmenters``.
         on_step: called with a ``Step`` after every frame step.
+
+    ``hold`` (a per-frame segmenter) segments the key frame ann - d only and scores its
+    labels on the annotated frame: the floor of propagation.
     """
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got "
+                         f"{reference!r}")
+    teacher = segmenters.get("per_frame", segmenters.get(HOLD))
+    if reference == "teacher" and teacher is None:
+        raise ValueError("reference teacher needs a per_frame or hold segmenter")
     if not segmenters:
         raise ValueError("evaluate_pda needs at least one segmenter")
     distances = sorted({int(d) for d in distances})
@@ -204,6 +228,9 @@ def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset,
         raise ValueError(f"segmenters disagree on the number of classes: {sorted(num_classes)}")
     n_classes = num_classes.pop()
     for mode, seg in segmenters.items():
+        if mode in (HOLD, "per_frame") and seg.mode != "per_frame":
+            raise ValueError(f"the segmenter for {mode!r} runs mode {seg.mode!r}, "
+                             "expected 'per_frame'")
         if mode in ORACLE_MODES:
             if seg.mode != ORACLE_MODES[mode][0]:
                 raise ValueError(f"the segmenter for {mode!r} runs mode {seg.mode!r}, "
@@ -224,10 +251,20 @@ def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset,
         if len(frames) != dmax + 1:
             raise ValueError(f"pda_sample({i}, {dmax}) gave {len(frames)} frames, "
                              f"expected {dmax + 1}")
+        if reference == "teacher":
+            teacher.reset()
+            gt = _at_label_size(teacher.step(frames[-1]).labels, gt.shape)
         for mode, seg in segmenters.items():
             res = results[mode]
             t0 = time.perf_counter()
-            if mode == "per_frame":
+            if mode == HOLD:
+                for d in distances:
+                    seg.reset()
+                    r = seg.step(frames[dmax - d])
+                    res.frames += 1
+                    res.invalid_outputs += int(not r.valid)
+                    res.matrices[d].update(_at_label_size(r.labels, gt.shape), gt)
+            elif mode == "per_frame":
                 seg.reset()
                 r = seg.step(frames[-1])
                 res.frames += 1

@@ -320,3 +320,20 @@ def test_davss_eval_reference_teacher_prints_agreement(root, tiny_yaml, tmp_path
     assert report["reference"] == "teacher"
     assert [r["mode"] for r in report["results"]] == ["hold", "dff"]
     assert "agree (%)" in capsys.readouterr().out
+
+
+def test_cue_mode_scores_cfnets_cue_alone(root):
+    torch.set_num_threads(1)
+    dataset = CityscapesSequences(root, "val")
+    ck = untrained_checkpoint(load_config(TINY))
+    segs = build_segmenters(ck, ["cue"], device="cpu")
+    res = evaluate_pda(segs, dataset, distances=[2], limit=1)["cue"]
+    sample = dataset.pda_sample(0, 2)
+    net = segs["cue"]
+    net.reset()
+    for frame in sample.frames:
+        r = net.step(frame)
+    expected = ConfusionMatrix(res.matrices[2].num_classes)
+    expected.update(net.labels_from_logits(r.parts.cue, sample.frames[-1].shape[:2]),
+                    sample.label)
+    assert np.array_equal(res.matrices[2].matrix, expected.matrix)

@@ -10,7 +10,8 @@ depend on d, so it is made once per snippet and scored for every d.
 Every mode of one run uses the same weights (one checkpoint, or one set of untrained
 weights), so the curves differ by the method only.
 
-``hold`` reuses the key frame's labels unwarped (the floor of propagation), and with
+``cue`` scores CFNet's correction cue alone (the davss pipeline's f_CC on the annotated
+frame). ``hold`` reuses the key frame's labels unwarped (the floor of propagation), and with
 ``reference="teacher"`` every mode is scored against the per-frame segmenter's prediction
 of the annotated frame instead of its label: agreement with the key segmenter.
 
@@ -48,11 +49,14 @@ DISTANCES = tuple(range(1, 10))
 
 # Oracle mode -> (pipeline mode it runs, FrameParts field replacing f_P on wrong pixels).
 ORACLE_MODES = {"davss_gt": ("davss", "cue"), "accel_gt": ("accel", "fused")}
+# A part of a mode's non-key step scored alone: ``cue`` is CFNet's correction cue f_CC by
+# itself (what the light current-frame branch can do without the key frame).
+PART_MODES = {"cue": ("davss", "cue")}
 # The floor every propagating mode must beat: the key frame's labels reused unwarped
 # (a per-frame segmenter run on the key frame only).
 HOLD = "hold"
 # Everything evaluate_pda can score: the pipeline's modes, the oracles and the floor.
-EVAL_MODES = MODES + tuple(ORACLE_MODES) + (HOLD,)
+EVAL_MODES = MODES + tuple(ORACLE_MODES) + tuple(PART_MODES) + (HOLD,)
 # What the annotated frame is scored against: its label, or the per-frame segmenter's own
 # prediction of it (agreement with the key segmenter: no label needed, e.g. on a user's
 # video or on a look the model was not trained on).
@@ -145,7 +149,7 @@ def build_segmenters(checkpoint: Checkpoint, modes: Iterable[str] = MODES, *,
                          f"got {', '.join(modes) or 'none'}")
     out = {}
     for mode in modes:
-        oracle = ORACLE_MODES.get(mode)
+        oracle = ORACLE_MODES.get(mode) or PART_MODES.get(mode)
         run = oracle[0] if oracle else "per_frame" if mode == HOLD else mode
         out[mode] = VideoSegmenter.from_checkpoint(
             checkpoint, mode=run, input_size=input_size,
@@ -231,10 +235,11 @@ def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset,
         if mode in (HOLD, "per_frame") and seg.mode != "per_frame":
             raise ValueError(f"the segmenter for {mode!r} runs mode {seg.mode!r}, "
                              "expected 'per_frame'")
-        if mode in ORACLE_MODES:
-            if seg.mode != ORACLE_MODES[mode][0]:
+        needs = ORACLE_MODES.get(mode) or PART_MODES.get(mode)
+        if needs is not None:
+            if seg.mode != needs[0]:
                 raise ValueError(f"the segmenter for {mode!r} runs mode {seg.mode!r}, "
-                                 f"expected {ORACLE_MODES[mode][0]!r}")
+                                 f"expected {needs[0]!r}")
             seg.keep_parts = True
         seg.set_schedule(replace(PDA_SCHEDULE))
 
@@ -287,6 +292,10 @@ def evaluate_pda(segmenters: dict[str, VideoSegmenter], dataset: SnippetDataset,
                     res.invalid_outputs += int(not r.valid)
                     if mode in ORACLE_MODES:
                         pred = oracle_prediction(seg, r, gt, mode, frames[-1].shape[:2])
+                    elif mode in PART_MODES and r.parts is not None:
+                        part = getattr(r.parts, PART_MODES[mode][1])
+                        pred = _at_label_size(
+                            seg.labels_from_logits(part, frames[-1].shape[:2]), gt.shape)
                     else:
                         pred = _at_label_size(r.labels, gt.shape)
                     res.matrices[d].update(pred, gt)

@@ -70,6 +70,17 @@ class Reliability:
         total = self.pixels.sum()
         return float(self.agree.sum() / total) if total else float("nan")
 
+    @classmethod
+    def merged(cls, results: Sequence[Reliability]) -> Reliability:
+        """The counts of several results (e.g. every d) added up."""
+        results = list(results)
+        total = cls(results[0].bins)
+        for r in results:
+            total.pixels += r.pixels
+            total.confidence += r.confidence
+            total.agree += r.agree
+        return total
+
     def as_dict(self) -> dict:
         return {"ece": self.ece(), "agreement": self.agreement(),
                 "mean_confidence": float(self.confidence.sum() / max(self.pixels.sum(), 1)),
@@ -102,11 +113,7 @@ def evaluate_reliability(segmenter: VideoSegmenter, reference: VideoSegmenter,
 
 def format_reliability(results: dict[int, Reliability]) -> str:
     """The table over all distances, then ECE per distance (text for the terminal)."""
-    total = Reliability(next(iter(results.values())).bins)
-    for r in results.values():
-        total.pixels += r.pixels
-        total.confidence += r.confidence
-        total.agree += r.agree
+    total = Reliability.merged(results.values())
     lines = [f"{'confidence':>12} {'pixels':>8} {'mean conf':>10} {'agreement':>10}"]
     for row in total.table():
         lo, hi = row["bin"]

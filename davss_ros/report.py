@@ -283,6 +283,13 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
     if spec.domain_shift is not None:
         out["domain_shift"] = _domain_shift(ck, spec, device, progress, log)
 
+    clips = spec.schedule.clips if limit is None else min(spec.schedule.clips, limit)
+    log(f"report: temporal consistency on {clips} whole clips (key interval "
+        f"{spec.bench_key_interval})")
+    out["consistency"] = {"key_interval": spec.bench_key_interval, "clips": clips,
+                          "modes": _consistency(ck, split, clips, spec, device,
+                                                mck if spec.matched is not None else None)}
+
     log(f"report: confidence calibration of davss at d = {spec.reliability_distances}")
     out["reliability"] = _reliability(ck, dataset, spec.reliability_distances, device,
                                       spec.key_segmenter)
@@ -385,6 +392,27 @@ def _domain_shift(ck, spec: ReportSpec, device, progress, log) -> dict[str, Any]
         out["previous_rows"] = _pda(prev, ("per_frame", "davss"), data, spec.distances,
                                     device, progress, reference="teacher")
     return out
+
+
+def _consistency(ck, split, clips: int, spec: ReportSpec, device, matched) -> dict[str, dict]:
+    """Label flicker along the motion, every main mode (and the matched-cost per-frame
+    network) streaming the same whole clips with a key frame every bench key interval."""
+    from davss_ros.evaluate.consistency import temporal_consistency
+    from davss_ros.evaluate.pda import build_segmenters
+    from davss_ros.evaluate.schedule_eval import iter_clips
+
+    segs = build_segmenters(ck, MAIN_MODES, device=device,
+                            key_segmenter=spec.key_segmenter or None)
+    if matched is not None:
+        segs["matched per_frame"] = build_segmenters(matched, ["per_frame"],
+                                                     device=device)["per_frame"]
+    try:
+        res = temporal_consistency(segs, iter_clips(split, clips=clips),
+                                   key_interval=spec.bench_key_interval)
+    finally:
+        for seg in segs.values():
+            seg.close()
+    return {name: f.as_dict() for name, f in res.items()}
 
 
 def _reliability(ck, dataset, distances, device, key_segmenter: str) -> dict[str, Any]:
@@ -754,6 +782,18 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
             fin = [v for v in vals if v is not None]
             L.append(f"| {name} | " + " | ".join(_f(v) for v in vals)
                      + f" | {_f(sum(fin) / len(fin) if fin else None)} |")
+        L += [""]
+
+    cons = results.get("consistency")
+    if cons:
+        L += ["## Temporal consistency", "",
+              "Share of pixels whose label changes from one frame to the next along the "
+              "motion (dense DIS flow between the frames, forward-backward checked; "
+              f"`davss_ros/evaluate/consistency.py`), {cons['clips']} whole test clips, a key "
+              f"frame every {cons['key_interval']} frames. Lower is steadier.", "",
+              "| mode | flicker (%) | pixels counted |", "|---|---|---|"]
+        L += [f"| {name} | {c['flicker_percent']:.2f} | {c['counted_pixels']} |"
+              for name, c in cons["modes"].items()]
         L += [""]
 
     rel_cal = results.get("reliability")

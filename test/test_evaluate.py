@@ -337,3 +337,15 @@ def test_cue_mode_scores_cfnets_cue_alone(root):
     expected.update(net.labels_from_logits(r.parts.cue, sample.frames[-1].shape[:2]),
                     sample.label)
     assert np.array_equal(res.matrices[2].matrix, expected.matrix)
+
+
+def test_davss_eval_consistency_prints_each_modes_flicker(root, tiny_yaml, tmp_path, capsys):
+    out = tmp_path / "c.json"
+    rc = main(["eval", "--untrained", "--config", str(tiny_yaml), "--root", str(root),
+               "--limit", "1", "--distances", "1", "--modes", "per_frame,davss",
+               "--consistency", "3", "--device", "cpu", "--no-progress", "--json", str(out)])
+    assert rc == 0
+    cons = json.loads(out.read_text())["consistency"]
+    assert cons["key_interval"] == 3 and set(cons["modes"]) == {"per_frame", "davss"}
+    assert cons["modes"]["davss"]["frame_pairs"] == 29
+    assert "temporal consistency (key frame every 3)" in capsys.readouterr().out

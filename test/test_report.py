@@ -136,6 +136,11 @@ def test_matched_baseline_domain_shift_calibration_and_onnx_rows_are_reported(ru
     assert res["bench_onnx"]["davss"]["key"] == "onnx"
     assert "davss, key segmenter on onnxruntime" in text
     assert "distortion estimator `signals`" in text
+    cons = res["consistency"]["modes"]
+    assert set(cons) == {"per_frame", "dff", "accel", "davss", "matched per_frame"}
+    assert all(0 <= c["flicker_percent"] <= 100 and c["counted_pixels"] > 0
+               for c in cons.values())
+    assert f"| davss | {cons['davss']['flicker_percent']:.2f} |" in text
 
 
 def test_costs_follow_eq8_from_flops_and_bench(run):

@@ -89,6 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure the calibration of the confidence image of each "
                              "propagating mode: its predicted agreement with the key "
                              "segmenter against the observed one, per confidence bin (ECE)")
+    parser.add_argument("--consistency", type=int, default=None, metavar="K",
+                        help="also stream whole clips (the first --limit, default all) with a "
+                             "key frame every K frames and print each mode's label flicker "
+                             "along the motion (temporal consistency; no label needed)")
     sweep = parser.add_argument_group(
         "schedule sweep", "fixed vs adaptive key-frame scheduling at matched mean cost, over "
         "whole clips of a Cityscapes-layout split (synthetic or cityscapes); --modes, "
@@ -170,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         report["reliability"] = _reliability(
             args, checkpoint, dataset, distances, input_size,
             [m for m in modes if m in MODES and m != "per_frame"])
+    if args.consistency is not None:
+        report["consistency"] = _consistency(args, segmenters, dataset)
     for row in report["results"]:
         if row["distance_mismatches"] or row["invalid_outputs"]:
             print(f"warning: {row['mode']}: {row['distance_mismatches']} runs off their "
@@ -194,6 +200,21 @@ def open_dataset(kind: str, root: Path, split: str, *, max_distance: int = 9,
         raise FileNotFoundError(f"data set root {root} is not a folder")
     return DATASETS.get(kind)(Path(root), split, max_distance=max_distance,
                               resize_frames=resize_frames)
+
+
+def _consistency(args, segmenters, dataset) -> dict:
+    """Flicker of each pipeline mode's labels along the motion over whole clips."""
+    from .consistency import temporal_consistency
+    from .schedule_eval import iter_clips
+
+    segs = {m: s for m, s in segmenters.items() if m in MODES}
+    res = temporal_consistency(segs, iter_clips(dataset, clips=args.limit),
+                               key_interval=args.consistency)
+    print(f"\ntemporal consistency (key frame every {args.consistency}): label flicker "
+          "along the motion, % of pixels")
+    for mode, f in res.items():
+        print(f"{mode:<10}{f.percent:8.2f}")
+    return {"key_interval": args.consistency, "modes": {m: f.as_dict() for m, f in res.items()}}
 
 
 def _reliability(args, checkpoint, dataset, distances, input_size, modes) -> dict:

@@ -295,3 +295,57 @@ def test_external_mode_replays_through_a_running_node_process(assets, tmp_path):
     images, _ = _input_frames(assets["bag"])
     assert [t for t, _ in outputs["labels"]] == [s for s, _ in images[:7]]
     assert proc.returncode == 0, log
+
+
+def test_a_compressed_bag_replays_on_the_compressed_transport_like_the_raw_bag(assets,
+                                                                               closed_loop):
+    """make-bag --compressed png (lossless) writes CompressedImage on <topic>/compressed;
+    replay finds it, runs the node with input.transport compressed, and every label equals
+    the raw bag's replay, frame by frame by stamp."""
+    from davss_ros.bag.io import BagReader
+
+    bag = assets["root"] / "bag_png"
+    write_bag(bag, synthetic_frames(FRAMES, H, W, seed=5), rate=30.0, start_ns=START_NS,
+              compressed="png")
+    with BagReader(bag) as reader:
+        assert reader.topics["/camera/image_raw/compressed"] == \
+            "sensor_msgs/msg/CompressedImage"
+        assert "/camera/image_raw" not in reader.topics
+    raw_out, raw_report = closed_loop
+    report = replay(_options(assets, assets["root"] / "png", bag=bag, plots=False,
+                             reference=raw_out))
+    assert report["topic"] == "/camera/image_raw/compressed"
+    assert report["transport"] == "compressed"
+    assert report["processed"] == FRAMES and report["dropped"] == 0
+    assert report["reference"]["frames"] == FRAMES
+    assert report["reference"]["pixels_equal_pct"] == 100.0
+    assert report["miou"] == raw_report["miou"]
+
+
+def test_two_cameras_replay_through_one_node_scored_per_camera(assets):
+    """make-bag's two-camera layout (its own clip per camera, labels beside each) through
+    one node with image_topics: each camera's frames all processed and scored against its
+    own ground truth; a camera's frames keep the fixed key pattern of their own stream."""
+    from davss_ros.bag.make import Camera, write_cameras_bag
+
+    bag = assets["root"] / "bag_two"
+    n = 8
+    write_cameras_bag(bag, [
+        Camera(synthetic_frames(n, H, W, seed=5), "/camera0/image_raw", "/camera0/labels_gt"),
+        Camera(synthetic_frames(n, H, W, seed=6), "/camera1/image_raw", "/camera1/labels_gt"),
+    ], rate=30.0, start_ns=START_NS)
+    report = replay(_options(assets, assets["root"] / "two", bag=bag, cameras=True,
+                             params=["model.device:=cpu", "schedule.key_interval:=3"]))
+    assert set(report["cameras"]) == {"camera0", "camera1"}
+    assert report["sent"] == 2 * n and report["dropped"] == 0
+    for name, cam in report["cameras"].items():
+        assert cam["topic"] == f"/{name}/image_raw"
+        assert cam["ground_truth_topic"] == f"/{name}/labels_gt"
+        assert cam["processed"] == n and cam["frames_scored"] == n
+        assert cam["key_ratio"] == pytest.approx(3 / n)  # frames 0, 3, 6 of this camera
+        assert cam["miou"] is not None
+    assert report["camera_stats"]["camera1"]["output_count"] == n
+    counts = report["output_counts"]
+    assert counts["/davss_replay/davss_segmenter/camera0/labels"] == n
+    assert counts["/davss_replay/davss_segmenter/camera1/labels"] == n
+    assert "/davss_replay/davss_segmenter/labels" not in counts

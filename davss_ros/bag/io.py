@@ -29,6 +29,8 @@ from ..ros.image import ENCODINGS as _ENCODINGS  # pixel formats, shared with th
 from ..ros.image import INPUT_ENCODINGS  # noqa: F401  (re-exported: what the node accepts)
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+CAMERA_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 FRAME_INFO_TYPE = "davss_msgs/msg/FrameInfo"
 LABEL_INFO_TYPE = "davss_msgs/msg/LabelInfo"
@@ -117,6 +119,27 @@ def image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
         is_bigendian=int(sys.byteorder == "big" and dtype.itemsize > 1),
         step=w * channels * dtype.itemsize,
         data=pixels.view(np.uint8).reshape(-1))
+
+
+def compressed_msg(rgb: np.ndarray, kind: str, stamp_ns: int, frame_id: str, *,
+                   quality: int = 90):
+    """A rosbags sensor_msgs/CompressedImage (JPEG or PNG) of an RGB or mono array, encoded
+    as the node's compressed transport expects (davss_ros.ros.image.encode_compressed)."""
+    from ..ros.image import encode_compressed
+
+    ts = typestore()
+    Header = ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    fmt, data = encode_compressed(rgb, kind, quality=quality)
+    sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
+    return ts.types[COMPRESSED_TYPE](
+        header=Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame_id), format=fmt,
+        data=np.frombuffer(data, np.uint8))
+
+
+def base_topic(topic: str) -> str:
+    """The image topic of a transport topic (``/a/image_raw`` for ``/a/image_raw/compressed``)."""
+    return topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
 
 
 def image_array(msg, *, where: str = "image") -> np.ndarray:
@@ -249,22 +272,25 @@ class BagReader:
 
 
 def pick_image_topic(reader: BagReader, topic: str | None = None) -> str:
-    """The camera topic to replay: ``topic`` if given (checked), else the first Image topic
-    named ``*image_raw``, else the only Image topic."""
+    """The camera topic to replay: ``topic`` if given (checked), else the first camera topic
+    named ``*image_raw`` (sensor_msgs/Image) or ``*image_raw/compressed``
+    (sensor_msgs/CompressedImage), else the only Image topic."""
     topics = reader.topics
     if topic is not None:
+        if topic not in topics and topics.get(f"{topic}/compressed") == COMPRESSED_TYPE:
+            topic = f"{topic}/compressed"  # the recording has the compressed transport only
         if topic not in topics:
             raise BagError(f"{reader.path}: topic {topic} is not in the bag; "
                            f"{reader.topics_text()}")
-        if topics[topic] != IMAGE_TYPE:
+        if topics[topic] not in CAMERA_TYPES:
             raise BagError(f"{reader.path}: topic {topic} holds {topics[topic]} messages, "
-                           f"expected {IMAGE_TYPE}")
+                           f"expected {' or '.join(CAMERA_TYPES)}")
         return topic
+    cameras = camera_topics(reader)
+    if cameras:
+        return cameras[0]
     images = list(dict.fromkeys(c.topic for c in reader.connections
                                 if c.msgtype == IMAGE_TYPE))  # connection order
-    raw = [t for t in images if t.endswith("image_raw")]
-    if raw:
-        return raw[0]
     candidates = [t for t in images if t != DEFAULT_LABELS_TOPIC and "label" not in t]
     if len(candidates) == 1:
         return candidates[0]
@@ -273,6 +299,21 @@ def pick_image_topic(reader: BagReader, topic: str | None = None) -> str:
                        f"*image_raw); {reader.topics_text()}")
     raise BagError(f"{reader.path}: several image topics ({', '.join(candidates)}); "
                    "choose one with --topic")
+
+
+def camera_topics(reader: BagReader) -> list[str]:
+    """The bag's camera topics in connection order: Image topics named ``*image_raw`` and
+    CompressedImage ones named ``*image_raw/compressed`` (a camera recorded both ways counts
+    once, raw)."""
+    topics = reader.topics
+    out = []
+    for t in dict.fromkeys(c.topic for c in reader.connections):
+        if topics[t] == IMAGE_TYPE and t.endswith("image_raw"):
+            out.append(t)
+        elif (topics[t] == COMPRESSED_TYPE and t.endswith("image_raw/compressed")
+              and topics.get(base_topic(t)) != IMAGE_TYPE):
+            out.append(t)
+    return out
 
 
 # -- writing --------------------------------------------------------------------------------

@@ -6,6 +6,13 @@ of label images matched by file stem), or a video file. The bag holds
 exist, ``/camera/labels_gt`` (mono8 trainIds, 255 = ignore) with the same stamps. Frames are
 stamped ``--rate`` Hz apart from ``--start``; the bag time of each message is its stamp.
 
+``--compressed [jpeg|png]`` writes the images as sensor_msgs/CompressedImage on
+``<topic>/compressed`` instead (image_transport's compressed transport, as a camera recorded
+that way gives them); labels stay lossless Images. ``--cameras N`` (synthetic) writes N
+cameras, each its own clip (seed, seed + 1, ...), on ``/camera0/image_raw``,
+``/camera1/image_raw``, ... with ``/cameraK/labels_gt`` beside each; their frames are
+spread over the frame period (camera K a K/N period later), as free-running cameras are.
+
 The bag is written into a hidden folder next to ``-o`` and renamed at the end, so a bag at
 ``-o`` is always complete.
 """
@@ -23,12 +30,14 @@ import cv2
 import numpy as np
 
 from .io import (
+    COMPRESSED_TYPE,
     DEFAULT_IMAGE_TOPIC,
     DEFAULT_LABELS_TOPIC,
     IMAGE_TYPE,
     STORAGES,
     AtomicBagWriter,
     BagError,
+    compressed_msg,
     image_msg,
 )
 
@@ -44,13 +53,35 @@ class Frame:
 @dataclass
 class BagSummary:
     path: Path
-    frames: int
+    frames: int  # per camera (the most any camera has)
     labelled: int
     height: int
     width: int
     start_ns: int
     rate: float
     storage: str
+    image_topics: tuple[str, ...] = ()
+    compressed: str | None = None
+
+
+@dataclass
+class Camera:
+    """One camera of a bag: its frames and where they go."""
+
+    frames: Iterator[Frame]
+    image_topic: str = DEFAULT_IMAGE_TOPIC
+    labels_topic: str = DEFAULT_LABELS_TOPIC
+    frame_id: str = "camera"
+
+
+def camera_topics(index: int, image_topic: str = DEFAULT_IMAGE_TOPIC,
+                  labels_topic: str = DEFAULT_LABELS_TOPIC) -> tuple[str, str]:
+    """Camera ``index``'s topics of a several-camera bag: the index appended to the
+    topics' namespace (``/camera0/image_raw``, ``/camera0/labels_gt``)."""
+    def one(topic: str) -> str:
+        head, _, tail = topic.rstrip("/").rpartition("/")
+        return f"{head}{index}/{tail}" if head else f"/{tail}{index}"
+    return one(image_topic), one(labels_topic)
 
 
 def synthetic_frames(frames: int, height: int, width: int, seed: int) -> Iterator[Frame]:
@@ -149,38 +180,72 @@ def write_bag(out: str | Path, frames: Iterator[Frame], *, rate: float = 30.0,
               start_ns: int | None = None, storage: str = "mcap",
               image_topic: str = DEFAULT_IMAGE_TOPIC, labels_topic: str = DEFAULT_LABELS_TOPIC,
               frame_id: str = "camera", total: int | None = None,
-              progress: bool = False) -> BagSummary:
+              progress: bool = False, compressed: str | None = None,
+              quality: int = 90) -> BagSummary:
     """Write ``frames`` to a new bag at ``out``; stamps ``start_ns + i / rate``.
 
-    The labels topic is created only when some frame has labels. Raises BagError when
-    ``out`` exists or nothing was written; the partial bag is removed on any failure.
+    The labels topic is created only when some frame has labels. ``compressed`` ('jpeg' or
+    'png'): CompressedImage on ``<image_topic>/compressed`` instead of Image. Raises
+    BagError when ``out`` exists or nothing was written; the partial bag is removed on any
+    failure.
     """
+    return write_cameras_bag(out, [Camera(frames, image_topic, labels_topic, frame_id)],
+                             rate=rate, start_ns=start_ns, storage=storage, total=total,
+                             progress=progress, compressed=compressed, quality=quality)
+
+
+def write_cameras_bag(out: str | Path, cameras: list[Camera], *, rate: float = 30.0,
+                      start_ns: int | None = None, storage: str = "mcap",
+                      total: int | None = None, progress: bool = False,
+                      compressed: str | None = None, quality: int = 90) -> BagSummary:
+    """Write one or more cameras to a new bag: camera k's frame i at
+    ``start_ns + (i + k / len(cameras)) / rate``, in time order (see :func:`write_bag`)."""
+    from itertools import zip_longest
+
     from tqdm import tqdm
 
     if rate <= 0:
         raise BagError(f"--rate must be > 0, got {rate}")
+    if compressed not in (None, "jpeg", "png"):
+        raise BagError(f"--compressed must be jpeg or png, got {compressed!r}")
+    if not cameras:
+        raise BagError("no cameras to write")
     out = Path(out)
     if start_ns is None:
         start_ns = time.time_ns()
     n = labelled = 0
     shape = None
+    period = 1e9 / rate
+    topics = tuple(c.image_topic + ("/compressed" if compressed else "") for c in cameras)
     with AtomicBagWriter(out, storage=storage) as writer:
-        writer.add_topic(image_topic, IMAGE_TYPE)
-        for frame in tqdm(frames, total=total, desc="writing bag", unit="frame",
-                          disable=not progress):
-            t = start_ns + round(n * 1e9 / rate)
-            writer.write(image_topic, t, image_msg(frame.rgb, "rgb8", t, frame_id), IMAGE_TYPE)
-            if frame.labels is not None:
-                writer.add_topic(labels_topic, IMAGE_TYPE)
-                writer.write(labels_topic, t, image_msg(frame.labels, "mono8", t, frame_id),
-                             IMAGE_TYPE)
-                labelled += 1
-            shape = shape or frame.rgb.shape[:2]
+        for topic in topics:
+            writer.add_topic(topic, COMPRESSED_TYPE if compressed else IMAGE_TYPE)
+        rows = zip_longest(*(c.frames for c in cameras))
+        for row in tqdm(rows, total=total, desc="writing bag", unit="frame",
+                        disable=not progress):
+            for k, (cam, topic, frame) in enumerate(zip(cameras, topics, row, strict=True)):
+                if frame is None:
+                    continue
+                t = start_ns + round((n + k / len(cameras)) * period)
+                if compressed:
+                    writer.write(topic, t, compressed_msg(frame.rgb, compressed, t,
+                                                          cam.frame_id, quality=quality),
+                                 COMPRESSED_TYPE)
+                else:
+                    writer.write(topic, t, image_msg(frame.rgb, "rgb8", t, cam.frame_id),
+                                 IMAGE_TYPE)
+                if frame.labels is not None:
+                    writer.add_topic(cam.labels_topic, IMAGE_TYPE)
+                    writer.write(cam.labels_topic, t,
+                                 image_msg(frame.labels, "mono8", t, cam.frame_id), IMAGE_TYPE)
+                    labelled += k == 0
+                shape = shape or frame.rgb.shape[:2]
             n += 1
         if n == 0:
             raise BagError("no frames to write")
         writer.commit()
-    return BagSummary(out, n, labelled, shape[0], shape[1], start_ns, rate, storage)
+    return BagSummary(out, n, labelled, shape[0], shape[1], start_ns, rate, storage,
+                      topics, compressed)
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -213,6 +278,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels-topic", default=DEFAULT_LABELS_TOPIC,
                         help="ground-truth label topic")
     parser.add_argument("--frame-id", default="camera")
+    parser.add_argument("--compressed", nargs="?", const="jpeg", choices=("jpeg", "png"),
+                        default=None, help="write sensor_msgs/CompressedImage on "
+                        "TOPIC/compressed (jpeg unless png is given) instead of Image")
+    parser.add_argument("--quality", type=int, default=90,
+                        help="JPEG quality of --compressed (1..100)")
+    parser.add_argument("--cameras", type=int, default=1, metavar="N",
+                        help="synthetic: N cameras, each its own clip (seed, seed+1, ...), on "
+                        "/camera0/image_raw ... with /cameraK/labels_gt")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -222,8 +295,12 @@ def run(args: argparse.Namespace) -> int:
     except BagError as exc:
         print(f"davss make-bag: error: {exc}", file=sys.stderr)
         return 2
+    cams = len(summary.image_topics)
     print(f"wrote {summary.path}: {summary.frames} frames {summary.width}x{summary.height} "
-          f"at {summary.rate:g} Hz ({summary.storage}), {summary.labelled} with labels")
+          f"at {summary.rate:g} Hz ({summary.storage}), {summary.labelled} with labels"
+          + (f", {cams} cameras" if cams > 1 else "")
+          + (f", {summary.compressed} CompressedImage" if summary.compressed else "")
+          + f": {', '.join(summary.image_topics)}")
     return 0
 
 
@@ -235,6 +312,12 @@ def _run(args: argparse.Namespace) -> BagSummary:
         raise BagError(f"--frames must be >= 1, got {args.frames}")
     if args.labels is not None and args.images is None:
         raise BagError("--labels goes with --images")
+    if args.cameras < 1:
+        raise BagError(f"--cameras must be >= 1, got {args.cameras}")
+    if args.cameras > 1 and not args.synthetic:
+        raise BagError("--cameras N > 1 goes with --synthetic (one clip per camera)")
+    if not 1 <= args.quality <= 100:
+        raise BagError(f"--quality must be in 1..100, got {args.quality}")
     for name in ("height", "width"):
         value = getattr(args, name)
         if value is not None and value < 4:
@@ -248,6 +331,19 @@ def _run(args: argparse.Namespace) -> BagSummary:
             size = (args.height, args.width)
     rate = args.rate
     total = None
+    start_ns = None if args.start is None else round(args.start * 1e9)
+    if args.synthetic and args.cameras > 1:
+        total = args.frames or 40
+        cameras = []
+        for k in range(args.cameras):
+            image_topic, labels_topic = camera_topics(k, args.topic, args.labels_topic)
+            cameras.append(Camera(
+                synthetic_frames(total, args.height or 256, args.width or 512, args.seed + k),
+                image_topic, labels_topic, f"{args.frame_id}{k}"))
+        return write_cameras_bag(args.output, cameras, rate=rate or 30.0, start_ns=start_ns,
+                                 storage=args.storage, total=total,
+                                 progress=not args.no_progress, compressed=args.compressed,
+                                 quality=args.quality)
     if args.synthetic:
         total = args.frames or 40
         frames = synthetic_frames(total, args.height or 256, args.width or 512, args.seed)
@@ -260,11 +356,11 @@ def _run(args: argparse.Namespace) -> BagSummary:
         total, fps, frames = video_frames(args.video, args.frames, size)
         if rate is None and fps and 0 < fps < 1000:
             rate = fps
-    start_ns = None if args.start is None else round(args.start * 1e9)
     return write_bag(args.output, frames, rate=rate or 30.0, start_ns=start_ns,
                      storage=args.storage, image_topic=args.topic,
                      labels_topic=args.labels_topic, frame_id=args.frame_id, total=total,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, compressed=args.compressed,
+                     quality=args.quality)
 
 
 def _take(frames: Iterator[Frame], n: int) -> Iterator[Frame]:

@@ -73,12 +73,15 @@ class OutputRecorder:
             published before the sim clock started).
         on_labels: called with (stamp_ns, raw CDR) for each label image (scoring).
         on_outcome: called with (stamp_ns, FrameOutcome) for each frame info.
+        diagnostics_of: the hardware id whose statuses on /diagnostics are kept (default
+            ``node_fqn``); None records no diagnostics (a second recorder of one node).
     """
 
     def __init__(self, ros_node, writer: AtomicBagWriter, node_fqn: str,
                  frame_topics: tuple[str, ...], *, fallback_ns: int,
                  on_labels: Callable[[int, bytes], None] | None = None,
-                 on_outcome: Callable[[int, FrameOutcome], None] | None = None) -> None:
+                 on_outcome: Callable[[int, FrameOutcome], None] | None = None,
+                 diagnostics_of: str | None = "") -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -87,6 +90,8 @@ class OutputRecorder:
         from davss_ros.ros.label_info import label_info_class, label_info_type_name
 
         self.node_fqn = node_fqn.rstrip("/")
+        self.hardware_id = None if diagnostics_of is None else (
+            diagnostics_of.rstrip("/") or self.node_fqn)
         self.writer = writer
         self.fallback_ns = fallback_ns
         self.on_labels = on_labels
@@ -109,10 +114,11 @@ class OutputRecorder:
         self._label_info_type = label_info_type_name()
         self._subscribe(ros_node, "label_info", f"{self.node_fqn}/label_info",
                         self._label_info_type, label_info_class(), latched)
-        diag = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
-                          reliability=ReliabilityPolicy.RELIABLE)
-        self._subscribe(ros_node, "diagnostics", "/diagnostics", DIAGNOSTICS_TYPE,
-                        DiagnosticArray, diag)
+        if self.hardware_id is not None:
+            diag = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
+                              reliability=ReliabilityPolicy.RELIABLE)
+            self._subscribe(ros_node, "diagnostics", "/diagnostics", DIAGNOSTICS_TYPE,
+                            DiagnosticArray, diag)
 
     def _subscribe(self, ros_node, key, topic, msgtype, ros_type, qos) -> None:
         self.topics[key] = topic
@@ -169,7 +175,7 @@ class OutputRecorder:
     def _on_diagnostics(self, raw: bytes) -> None:
         m = typestore().deserialize_cdr(raw, DIAGNOSTICS_TYPE)
         for status in m.status:
-            if status.hardware_id.rstrip("/") == self.node_fqn:
+            if status.hardware_id.rstrip("/") == self.hardware_id:
                 values = {kv.key: kv.value for kv in status.values}
                 values["_message"] = status.message
                 with self.state.cond:

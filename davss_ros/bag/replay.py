@@ -18,6 +18,13 @@ stamp, i.e. at the stamp of the input frame it belongs to. ``OUT/report.json`` h
 numbers (mIoU overall, per propagation distance and per class when the bag has
 ``/camera/labels_gt``), and ``OUT/*.png`` the figures and a contact sheet.
 
+Compressed bags (sensor_msgs/CompressedImage on ``*image_raw/compressed``, ``davss make-bag
+--compressed``) are played on the node's compressed transport (``input.transport
+compressed``, the node decodes them). ``--cameras`` plays every camera topic of the bag
+(``davss make-bag --cameras N``) through one node with ``image_topics``, each camera scored
+against the ``labels_gt`` beside its topic; the report then has one entry per camera under
+``cameras`` and the totals.
+
 Everything is written under temporary names and renamed at the end; on failure nothing
 new is left that looks complete.
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,12 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from .io import (
+    COMPRESSED_TYPE,
     DEFAULT_LABELS_TOPIC,
     IMAGE_TYPE,
     INPUT_ENCODINGS,
     AtomicBagWriter,
     BagError,
     BagReader,
+    base_topic,
+    camera_topics,
     cdr_header_stamp,
     image_array,
     pick_image_topic,
@@ -84,6 +95,8 @@ class ReplayOptions:
     progress: bool = True
     plots: bool = True
     domain_id: int | None = None
+    cameras: bool = False  # every camera topic of the bag through one node (image_topics)
+    reference: Path | None = None  # an earlier replay's outputs to compare the labels with
 
 
 @dataclass
@@ -95,7 +108,28 @@ class _Frames:
     gt_stamps: set[int]
     height: int
     width: int
-    encoding: str
+    encoding: str  # an Image's encoding, or a CompressedImage's format
+    msgtype: str = IMAGE_TYPE
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One camera of the replay: its bag topics, frames, and (while running) the player's
+    publisher, the recorder of its outputs and its scorer."""
+
+    name: str  # '' for a single camera (outputs directly under the node)
+    topic: str
+    gt_topic: str | None
+    frames: _Frames
+    input_topic: str = ""
+    pub: object = None
+    recorder: OutputRecorder | None = None
+    scorer: object = None
+    sent_at: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def compressed(self) -> bool:
+        return self.frames.msgtype == COMPRESSED_TYPE
 
 
 # -- public API -------------------------------------------------------------------------------
@@ -105,12 +139,31 @@ def replay(opts: ReplayOptions) -> dict:
         raise ReplayError(f"--rate must be > 0, got {opts.rate}")
     if opts.max_frames is not None and opts.max_frames < 1:
         raise ReplayError(f"--max-frames must be >= 1, got {opts.max_frames}")
+    if opts.cameras and opts.external:
+        raise ReplayError("--cameras starts its own node with image_topics; it does not go "
+                          "with --external")
+    from davss_ros.ros.params import camera_name
+
     with BagReader(opts.bag) as reader:
-        topic = pick_image_topic(reader, opts.topic)
-        gt_topic = opts.labels_topic if reader.topics.get(opts.labels_topic) == IMAGE_TYPE \
-            else None
-        frames = _scan(reader, topic, gt_topic, opts.max_frames)
-    return _Replay(opts, topic, gt_topic, frames).run()
+        if opts.cameras:
+            topics = camera_topics(reader)
+            if not topics:
+                raise ReplayError(f"{opts.bag}: no camera topics (*image_raw or "
+                                  f"*image_raw/compressed); {reader.topics_text()}")
+        else:
+            topics = [pick_image_topic(reader, opts.topic)]
+        streams = []
+        for topic in topics:
+            gt = (posixpath.join(posixpath.dirname(base_topic(topic)), "labels_gt")
+                  if opts.cameras else opts.labels_topic)
+            gt_topic = gt if reader.topics.get(gt) == IMAGE_TYPE else None
+            frames = _scan(reader, topic, gt_topic, opts.max_frames)
+            streams.append(_Stream(camera_name(topic) if opts.cameras else "", topic,
+                                   gt_topic, frames))
+    if len({s.frames.msgtype for s in streams}) > 1:
+        raise ReplayError(f"{opts.bag}: the cameras mix Image and CompressedImage topics; "
+                          "the node reads one transport")
+    return _Replay(opts, streams).run()
 
 
 def _scan(reader: BagReader, topic: str, gt_topic: str | None,
@@ -118,6 +171,7 @@ def _scan(reader: BagReader, topic: str, gt_topic: str | None,
     bag_times, stamps, gt_stamps = [], [], set()
     seen: set[int] = set()
     first = None
+    msgtype = reader.topics[topic]
     topics = [topic] + ([gt_topic] if gt_topic else [])
     for t, tm, raw in reader.messages(topics):
         if t == gt_topic:
@@ -128,10 +182,7 @@ def _scan(reader: BagReader, topic: str, gt_topic: str | None,
                 break  # past the last frame (and its labels, stamped alike)
             continue
         if first is None:
-            first = reader.deserialize(raw, IMAGE_TYPE, where=t)
-            if first.encoding not in INPUT_ENCODINGS:
-                raise BagError(f"{reader.path}: {t} holds {first.encoding!r} images; the "
-                               f"segmenter takes {', '.join(INPUT_ENCODINGS)}")
+            first = _first_frame(reader, raw, t, msgtype)
         s = _stamp(reader, raw, t)
         if s in seen:
             raise BagError(f"{reader.path}: two frames on {t} have the same header stamp "
@@ -141,8 +192,28 @@ def _scan(reader: BagReader, topic: str, gt_topic: str | None,
         stamps.append(s)
     if not stamps:
         raise BagError(f"{reader.path}: topic {topic} has no messages")
-    return _Frames(bag_times, stamps, gt_stamps & seen, int(first.height), int(first.width),
-                   str(first.encoding))
+    height, width, encoding = first
+    return _Frames(bag_times, stamps, gt_stamps & seen, height, width, encoding, msgtype)
+
+
+def _first_frame(reader: BagReader, raw: bytes, topic: str,
+                 msgtype: str) -> tuple[int, int, str]:
+    """(height, width, encoding or format) of a camera topic's first frame, checked to be
+    one the node takes."""
+    msg = reader.deserialize(raw, msgtype, where=topic)
+    if msgtype == IMAGE_TYPE:
+        if msg.encoding not in INPUT_ENCODINGS:
+            raise BagError(f"{reader.path}: {topic} holds {msg.encoding!r} images; the "
+                           f"segmenter takes {', '.join(INPUT_ENCODINGS)}")
+        return int(msg.height), int(msg.width), str(msg.encoding)
+    from ..ros.image import ImageError, compressed_to_rgb
+
+    try:  # the node's own decoder, so a bag it cannot read fails here, not frame by frame
+        rgb = compressed_to_rgb(msg)
+    except ImageError as exc:
+        raise BagError(f"{reader.path}: the first frame on {topic} does not decode: "
+                       f"{exc}") from None
+    return rgb.shape[0], rgb.shape[1], str(msg.format)
 
 
 def _stamp(reader: BagReader, raw: bytes, topic: str) -> int:
@@ -150,35 +221,34 @@ def _stamp(reader: BagReader, raw: bytes, topic: str) -> int:
         return cdr_header_stamp(raw)
     except ValueError as exc:
         raise BagError(f"{reader.path}: a message on {topic} is not a valid "
-                       f"sensor_msgs/Image ({exc})") from None
+                       f"camera image ({exc})") from None
 
 
 # -- the run ----------------------------------------------------------------------------------
 class _Replay:
-    def __init__(self, opts: ReplayOptions, topic: str, gt_topic: str | None,
-                 frames: _Frames) -> None:
+    def __init__(self, opts: ReplayOptions, streams: list[_Stream]) -> None:
         self.opts = opts
-        self.topic = topic
-        self.gt_topic = gt_topic
-        self.frames = frames
+        self.streams = streams
         self.closed_loop = opts.rate is None
         ns = (opts.namespace or ("" if opts.external else IN_PROCESS_NAMESPACE)).strip("/")
         self.ns = f"/{ns}" if ns else ""
         self.node_fqn = f"{self.ns}/{opts.node_name}"
-        self.input_topic = opts.input_topic or f"{self.ns}/image"
+        several = len(streams) > 1
+        for s in streams:
+            # One camera: the node's 'image'; several: NS/<camera>/image, in image_topics.
+            s.input_topic = (f"{self.ns}/{s.name}/image" if several
+                             else opts.input_topic or f"{self.ns}/image")
         # In-process the node's sim clock comes on a private topic, so a replay never moves
         # the clock of other nodes on the same ROS domain; an external node listens on /clock.
         self.clock_topic = "/clock" if opts.external else f"{self.ns}/clock"
         self.frame_keys = ("labels", "distortion", "frame_info") + (
             IMAGE_OUTPUTS if opts.record_images else ())
         self.required = ("labels", "frame_info")
-        self.sent_at: dict[int, float] = {}
         self.node = None  # in-process SegmenterNode
         self.contexts: list = []
         self.executors: list = []
         self.threads: list = []  # BackgroundSpin per executor
         self.writer: AtomicBagWriter | None = None
-        self.scorer = None
         self.warnings: list[str] = []
 
     def run(self) -> dict:
@@ -209,7 +279,7 @@ class _Replay:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
 
         opts = self.opts
         init_args = {} if opts.domain_id is None else {"domain_id": opts.domain_id}
@@ -222,18 +292,27 @@ class _Replay:
         self.contexts.append(ctx)
         player = rclpy.create_node("davss_replay_player", context=ctx)
         self.player = player
-        self.fallback_ns = self.frames.stamps[0]
-        self.recorder = OutputRecorder(player, self.writer, self.node_fqn, self.frame_keys,
-                                       fallback_ns=self.fallback_ns, on_labels=self._on_labels,
-                                       on_outcome=self._on_outcome)
-        pub = player.create_publisher(Image, self.input_topic, QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                         reliability=ReliabilityPolicy.RELIABLE)
+        for i, s in enumerate(self.streams):
+            prefix = f"{self.node_fqn}/{s.name}" if s.name else self.node_fqn
+            s.recorder = OutputRecorder(
+                player, self.writer, prefix, self.frame_keys,
+                fallback_ns=s.frames.stamps[0],
+                on_labels=lambda stamp, raw, s=s: self._on_labels(s, stamp, raw),
+                on_outcome=lambda stamp, outcome, s=s: self._on_outcome(s, stamp, outcome),
+                diagnostics_of=self.node_fqn if i == 0 else None)
+            # The bag's serialised messages go out as they are: Image on the node's input
+            # topic, CompressedImage on its compressed transport beside it.
+            s.pub = player.create_publisher(
+                CompressedImage if s.compressed else Image,
+                f"{s.input_topic}/compressed" if s.compressed else s.input_topic, qos)
         clock_pub = player.create_publisher(Clock, self.clock_topic, 10)
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(player)
         self._spin(ex)
 
-        self._wait_for_node(pub)
+        self._wait_for_node()
         label_info = self._label_info()
         from davss_ros.classes import default_class_names, default_palette
 
@@ -253,10 +332,11 @@ class _Replay:
         from .report import Scorer
 
         self.class_names, self.palette = names, palette
-        self.scorer = Scorer(len(names), self.frames.gt_stamps, ignore)
+        for s in self.streams:
+            s.scorer = Scorer(len(names), s.frames.gt_stamps, ignore)
         dropped_before = self._node_dropped_baseline()
 
-        t_first = self._play(pub, clock_pub)
+        t_first = self._play(clock_pub)
         self._drain()
         node_info.update(self._node_summary())
         node_info.update(t_first=t_first, dropped_before=dropped_before)
@@ -275,6 +355,10 @@ class _Replay:
             overrides["model.checkpoint"] = str(opts.checkpoint)
         if opts.mode:
             overrides["model.mode"] = opts.mode
+        if len(self.streams) > 1:
+            overrides["image_topics"] = [f"{s.name}={s.input_topic}" for s in self.streams]
+        if self.streams[0].compressed:
+            overrides["input.transport"] = "compressed"
         overrides.update(parse_param_overrides(opts.params))
         cli_args = ["--ros-args", "-r", f"/clock:={self.clock_topic}"]
         if opts.params_file:
@@ -315,24 +399,26 @@ class _Replay:
         self.executors.append(ex)
         self.threads.append(BackgroundSpin(ex, name="davss_replay_spin"))
 
-    def _wait_for_node(self, pub) -> None:
+    def _wait_for_node(self) -> None:
         opts = self.opts
         deadline = time.monotonic() + opts.discovery_timeout
-        rec = self.recorder
-        while not (pub.get_subscription_count() > 0 and rec.publishers_matched()):
-            if time.monotonic() > deadline:
-                missing = [rec.topics[k] for k, s in rec.subs.items()
-                           if k != "diagnostics" and s.get_publisher_count() == 0]
-                if pub.get_subscription_count() == 0:
-                    missing.insert(0, f"a subscriber on {self.input_topic}")
-                hint = (f"is {self.node_fqn} running and active on this ROS_DOMAIN_ID?"
-                        if opts.external else "the in-process node did not come up")
-                raise ReplayError(f"no match within {opts.discovery_timeout:g} s for "
-                                  f"{', '.join(missing)}: {hint}")
-            time.sleep(0.05)
+        for s in self.streams:
+            rec = s.recorder
+            while not (s.pub.get_subscription_count() > 0 and rec.publishers_matched()):
+                if time.monotonic() > deadline:
+                    missing = [rec.topics[k] for k, sub in rec.subs.items()
+                               if k != "diagnostics" and sub.get_publisher_count() == 0]
+                    if s.pub.get_subscription_count() == 0:
+                        missing.insert(0, f"a subscriber on {s.pub.topic_name}")
+                    hint = (f"is {self.node_fqn} running and active on this ROS_DOMAIN_ID?"
+                            if opts.external else "the in-process node did not come up")
+                    raise ReplayError(f"no match within {opts.discovery_timeout:g} s for "
+                                      f"{', '.join(missing)}: {hint}")
+                time.sleep(0.05)
         # The node's publishers compute distortion / colour only while they see a
         # subscriber: wait until its side of the match is there too.
-        on_demand = [rec.topics[k] for k in self.frame_keys if k not in self.required]
+        on_demand = [s.recorder.topics[k] for s in self.streams for k in self.frame_keys
+                     if k not in self.required]
         if self.node is not None:
             while not all(self.node.count_subscribers(t) > 0 for t in on_demand):
                 if time.monotonic() > deadline:
@@ -343,65 +429,67 @@ class _Replay:
             time.sleep(1.0)  # no view into the remote node: give its side time to match
 
     def _label_info(self):
-        rec = self.recorder
+        rec = self.streams[0].recorder
         rec.wait(lambda: rec.state.label_info is not None, timeout=5.0)
         return rec.state.label_info
 
-    def _node_dropped_baseline(self) -> int:
+    def _node_dropped_baseline(self) -> dict[str, int]:
         if self.node is not None:
-            return int(self.node.stats.dropped)
+            return {s.name: int(self.node.camera_stats(s.name).dropped) for s in self.streams}
         # An external node may have dropped frames before: take its last report, if any.
-        rec = self.recorder
+        rec = self.streams[0].recorder
         rec.wait(lambda: bool(rec.state.diagnostics), timeout=2.5)
         with rec.state.cond:
             diags = list(rec.state.diagnostics)
         try:
-            return int(diags[-1].get("frames dropped", 0)) if diags else 0
+            return {"": int(diags[-1].get("frames dropped", 0)) if diags else 0}
         except ValueError:
-            return 0
+            return {"": 0}
 
-    def _on_labels(self, stamp: int, raw: bytes) -> None:
-        if self.scorer is None or stamp not in self.frames.gt_stamps:
+    def _on_labels(self, s: _Stream, stamp: int, raw: bytes) -> None:
+        if s.scorer is None or stamp not in s.frames.gt_stamps:
             return
         msg = typestore().deserialize_cdr(raw, IMAGE_TYPE)
-        self.scorer.add_prediction(stamp, image_array(msg, where="labels").copy())
+        s.scorer.add_prediction(stamp, image_array(msg, where="labels").copy())
 
-    def _on_outcome(self, stamp: int, outcome) -> None:
-        if self.scorer is not None:
-            self.scorer.add_distance(stamp, outcome.distance)
+    def _on_outcome(self, s: _Stream, stamp: int, outcome) -> None:
+        if s.scorer is not None:
+            s.scorer.add_distance(stamp, outcome.distance)
 
-    def _play(self, pub, clock_pub) -> float:
+    def _play(self, clock_pub) -> float:
+        """Send every camera's frames in bag order (real-time: at the recorded timing)."""
         from builtin_interfaces.msg import Time
         from rosgraph_msgs.msg import Clock
         from tqdm import tqdm
 
         opts = self.opts
-        rec = self.recorder
-        frames = self.frames
-        n = len(frames.stamps)
-        wanted = set(frames.stamps)
-        bar = tqdm(total=n, desc="replay " + ("closed-loop" if self.closed_loop
-                                              else f"{opts.rate:g}x"),
+        by_topic = {s.topic: s for s in self.streams}
+        by_gt = {s.gt_topic: s for s in self.streams if s.gt_topic}
+        wanted = {s.topic: set(s.frames.stamps) for s in self.streams}
+        left = {s.topic: len(s.frames.stamps) for s in self.streams}
+        last_t = max(s.frames.bag_times[-1] for s in self.streams)
+        bar = tqdm(total=sum(left.values()),
+                   desc="replay " + ("closed-loop" if self.closed_loop else f"{opts.rate:g}x"),
                    unit="frame", disable=not opts.progress, file=sys.stderr)
         optional = [k for k in self.frame_keys if k not in self.required]
         t_first = None
-        i = 0
         wall0 = bag0 = None
         with BagReader(opts.bag) as reader:
-            topics = [self.topic] + ([self.gt_topic] if self.gt_topic else [])
-            for topic, bag_t, raw in reader.messages(topics):
-                if topic == self.gt_topic:
-                    s = cdr_header_stamp(raw)
-                    if s in frames.gt_stamps:
+            for topic, bag_t, raw in reader.messages(list(by_topic) + list(by_gt)):
+                if topic in by_gt:
+                    s = by_gt[topic]
+                    stamp = cdr_header_stamp(raw)
+                    if stamp in s.frames.gt_stamps:
                         m = reader.deserialize(raw, IMAGE_TYPE, where=topic)
-                        self.scorer.add_gt(s, image_array(m, where=topic).copy())
+                        s.scorer.add_gt(stamp, image_array(m, where=topic).copy())
                     continue
-                if i >= n:
-                    if bag_t > frames.bag_times[-1]:
+                s = by_topic[topic]
+                if not left[topic]:
+                    if bag_t > last_t:
                         break
                     continue
                 stamp = cdr_header_stamp(raw)
-                if stamp not in wanted:
+                if stamp not in wanted[topic]:
                     continue
                 if not self.closed_loop:
                     if wall0 is None:
@@ -413,27 +501,30 @@ class _Replay:
                 sec, nsec = divmod(bag_t, 1_000_000_000)
                 clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nsec)))
                 now = time.perf_counter()
-                self.sent_at[stamp] = now
+                s.sent_at[stamp] = now
                 t_first = t_first if t_first is not None else now
-                pub.publish(raw)
-                i += 1
+                s.pub.publish(raw)
+                left[topic] -= 1
+                i = len(s.sent_at)
                 if self.closed_loop:
-                    ok = rec.wait(lambda s=stamp: rec.has(s, self.required) or rec.state.errors,
-                                  timeout=opts.timeout)
+                    rec = s.recorder
+                    ok = rec.wait(lambda r=rec, t=stamp: r.has(t, self.required)
+                                  or r.state.errors, timeout=opts.timeout)
                     if rec.state.errors:
                         raise ReplayError("recording failed: " + rec.state.errors[0])
                     if not ok:
                         raise ReplayError(
-                            f"no output for frame {i} (stamp {stamp} ns) from {self.node_fqn} "
-                            f"within {opts.timeout:g} s")
+                            f"no output for frame {i} of {topic} (stamp {stamp} ns) from "
+                            f"{self.node_fqn} within {opts.timeout:g} s")
                     if optional:
                         # Published before frame_info by the node; a short grace suffices.
-                        if not rec.wait(lambda s=stamp, o=tuple(optional): rec.has(s, o),
-                                        timeout=5.0):
+                        if not rec.wait(lambda r=rec, t=stamp, o=tuple(optional):
+                                        r.has(t, o), timeout=5.0):
                             late = [k for k in optional if stamp not in
                                     rec.state.arrivals[k]]
-                            self.warnings.append(f"frame {i}: no {', '.join(late)} within "
-                                                 "5 s; not waiting for them any more")
+                            self.warnings.append(f"frame {i} of {topic}: no "
+                                                 f"{', '.join(late)} within 5 s; not "
+                                                 "waiting for them any more")
                             optional = [k for k in optional if k not in late]
                 bar.update(1)
         bar.close()
@@ -441,8 +532,12 @@ class _Replay:
 
     def _drain(self) -> None:
         """Wait until the node has finished with everything sent (real-time mode)."""
-        rec = self.recorder
-        last = self.frames.stamps[len(self.sent_at) - 1] if self.sent_at else None
+        for s in self.streams:
+            self._drain_stream(s)
+
+    def _drain_stream(self, s: _Stream) -> None:
+        rec = s.recorder
+        last = s.frames.stamps[len(s.sent_at) - 1] if s.sent_at else None
         if last is None:
             return
         deadline = time.monotonic() + self.opts.timeout
@@ -460,15 +555,14 @@ class _Replay:
                         break
                     rec.state.cond.wait(0.05)
                     continue
-                since = time.perf_counter() - max(rec.state.last_output,
-                                                  self.sent_at[last])
+                since = time.perf_counter() - max(rec.state.last_output, s.sent_at[last])
             if self.node is not None and since > 0.5 and self._node_idle():
                 break
-            if since > quiet + self._p95_frame_s():
+            if since > quiet + self._p95_frame_s(s):
                 break
             rec.wait(lambda: rec.has(last, self.frame_keys), timeout=0.1)
         # Outputs of other frames still on the way (the recorder is reliable): a moment.
-        rec.wait(lambda: all(rec.has(s, self.frame_keys) for s in rec.state.outcomes),
+        rec.wait(lambda: all(rec.has(st, self.frame_keys) for st in rec.state.outcomes),
                  timeout=2.0)
 
     def _node_idle(self) -> bool:
@@ -478,23 +572,31 @@ class _Replay:
             return unaccounted() == 0
         return False
 
-    def _p95_frame_s(self) -> float:
-        with self.recorder.state.cond:
-            totals = [o.total_ms for o in self.recorder.state.outcomes.values()]
+    def _p95_frame_s(self, s: _Stream) -> float:
+        with s.recorder.state.cond:
+            totals = [o.total_ms for o in s.recorder.state.outcomes.values()]
         return float(np.percentile(totals, 95)) / 1e3 * 3 if totals else 5.0
 
     def _node_summary(self) -> dict:
         out: dict = {}
         if self.node is not None:
+            keys = ("input_count", "output_count", "dropped", "lost", "rejected", "failed",
+                    "discarded", "error_count")
+
+            def counts(s):
+                return {k: int(getattr(s, k)) for k in keys
+                        if isinstance(getattr(s, k, None), int)}
+
             s = self.node.stats
-            out["node_stats"] = {k: int(getattr(s, k)) for k in (
-                "input_count", "output_count", "dropped", "lost", "rejected", "failed",
-                "discarded", "error_count") if isinstance(getattr(s, k, None), int)}
+            out["node_stats"] = counts(s)
+            out["camera_stats"] = {c.name: counts(self.node.camera_stats(c.name))
+                                   for c in self.streams}
             if getattr(s, "last_error", ""):
                 out["node_last_error"] = s.last_error
         else:
-            with self.recorder.state.cond:
-                diags = list(self.recorder.state.diagnostics)
+            rec = self.streams[0].recorder
+            with rec.state.cond:
+                diags = list(rec.state.diagnostics)
             if diags:
                 out["pipeline_mode"] = diags[-1].get("mode")
                 out["model"] = diags[-1].get("model")
@@ -550,34 +652,27 @@ class _Replay:
         self.executors, self.contexts, self.threads = [], [], []
 
     # -- report -------------------------------------------------------------------------------
-    def _report(self, info: dict, out_bag: Path, wall_s: float) -> dict:
-        from .report import (
-            contact_sheet,
-            format_table,
-            latency_summary,
-            plot_latency,
-            plot_miou_by_distance,
-            write_json_atomic,
-        )
+    def _stream_report(self, s: _Stream, info: dict) -> dict:
+        """The frame accounting, latency, timing and scores of one camera."""
+        from .report import latency_summary
 
-        opts = self.opts
-        st = self.recorder.state
-        outcomes = {s: o for s, o in st.outcomes.items() if s in self.sent_at}
-        order = [s for s in st.order if s in outcomes]
-        sent = len(self.sent_at)
+        st = s.recorder.state
+        outcomes = {t: o for t, o in st.outcomes.items() if t in s.sent_at}
+        order = [t for t in st.order if t in outcomes]
+        sent = len(s.sent_at)
         received = len(outcomes)
         if order:
             by_index = sorted(outcomes.values(), key=lambda o: o.frame_index)
             processed = by_index[-1].frame_index - by_index[0].frame_index + 1
             dropped_by_node = max(o.dropped_frames for o in outcomes.values()) \
-                - info["dropped_before"]
+                - info["dropped_before"].get(s.name, 0)
         else:
             processed = dropped_by_node = 0
         dropped = sent - processed
-        latencies = [(st.arrivals["labels"][s] - self.sent_at[s]) * 1e3
-                     for s in order if s in st.arrivals["labels"]]
-        last_arrival = max((max(st.arrivals[k].get(s, 0.0) for k in self.required)
-                            for s in order), default=0.0)
+        latencies = [(st.arrivals["labels"][t] - s.sent_at[t]) * 1e3
+                     for t in order if t in st.arrivals["labels"]]
+        last_arrival = max((max(st.arrivals[k].get(t, 0.0) for k in self.required)
+                            for t in order), default=0.0)
         span = last_arrival - info["t_first"] if order else 0.0
         keys = [o for o in outcomes.values() if o.is_key]
         nonkeys = [o for o in outcomes.values() if not o.is_key]
@@ -587,19 +682,8 @@ class _Replay:
 
         stages = {k: med([o.stages_ms[k] for o in outcomes.values()])
                   for k in next(iter(outcomes.values())).stages_ms} if outcomes else {}
-        scores = self.scorer.as_dict(self.class_names)
-        counts = {t: n for t, n in self.writer.counts.items()}
-        report = {
-            "bag": str(opts.bag),
-            "topic": self.topic,
-            "mode": "closed_loop" if self.closed_loop else "real_time",
-            "rate": opts.rate,
-            "node": self.node_fqn,
-            "external": opts.external,
-            "checkpoint": info.get("checkpoint", opts.checkpoint),
-            "model": info.get("model"),
-            "pipeline_mode": info.get("pipeline_mode"),
-            "device": info.get("device"),
+        out = {
+            "topic": s.topic,
             "sent": sent,
             "received": received,
             "processed": processed,
@@ -614,42 +698,104 @@ class _Replay:
                          "nonkey_median": med([o.total_ms for o in nonkeys]),
                          "stages_median": stages},
             "key_reasons": _count([o.key_reason for o in keys]),
-            "has_ground_truth": self.gt_topic is not None,
-            "ground_truth_topic": self.gt_topic,
-            **scores,
+            "has_ground_truth": s.gt_topic is not None,
+            "ground_truth_topic": s.gt_topic,
+            **s.scorer.as_dict(self.class_names),
+        }
+        if s.name:
+            out["camera"] = s.name
+        return out, latencies, order, outcomes
+
+    def _report(self, info: dict, out_bag: Path, wall_s: float) -> dict:
+        from .report import (
+            contact_sheet,
+            format_table,
+            plot_latency,
+            plot_miou_by_distance,
+            write_json_atomic,
+        )
+
+        opts = self.opts
+        parts = [self._stream_report(s, info) for s in self.streams]
+        head = {
+            "bag": str(opts.bag),
+            "topic": ", ".join(s.topic for s in self.streams),
+            "transport": "compressed" if self.streams[0].compressed else "raw",
+            "mode": "closed_loop" if self.closed_loop else "real_time",
+            "rate": opts.rate,
+            "node": self.node_fqn,
+            "external": opts.external,
+            "checkpoint": info.get("checkpoint", opts.checkpoint),
+            "model": info.get("model"),
+            "pipeline_mode": info.get("pipeline_mode"),
+            "device": info.get("device"),
+        }
+        tail = {
             "num_classes": len(self.class_names),
             "class_names": self.class_names,
             "output_bag": str(out_bag),
-            "output_counts": counts,
+            "output_counts": dict(self.writer.counts),
             "wall_s": round(wall_s, 3),
         }
+        if len(parts) == 1:
+            body = dict(parts[0][0])
+            del body["topic"]
+            report = {**head, **body, **tail}
+        else:
+            cams = {s.name: {**head, **p[0]} for s, p in zip(self.streams, parts, strict=True)}
+            total = {k: sum(c[k] for c in cams.values()) for k in (
+                "sent", "received", "processed", "dropped", "dropped_by_node",
+                "lost_before_node", "outputs_missing")}
+            scored = [c["miou"] for c in cams.values() if c.get("miou") is not None]
+            report = {**head, **total,
+                      "miou_mean_of_cameras": round(float(np.mean(scored)), 2)
+                      if scored else None,
+                      "cameras": cams, **tail}
         if info.get("schedule"):
             report["schedule"] = info["schedule"]
-        if info.get("node_stats"):
-            report["node_stats"] = info["node_stats"]
-        warnings = self.warnings + self.scorer.errors + st.errors
-        if report["outputs_missing"]:
-            warnings.append(f"{report['outputs_missing']} processed frame(s) whose outputs "
-                            "did not reach the recorder")
+        for key in ("node_stats", "camera_stats"):
+            if info.get(key) and (key == "node_stats" or len(parts) > 1):
+                report[key] = info[key]
+        warnings = list(self.warnings)
+        for s, (part, *_rest) in zip(self.streams, parts, strict=True):
+            warnings += s.scorer.errors + s.recorder.state.errors
+            if part["outputs_missing"]:
+                warnings.append(f"{part['outputs_missing']} processed frame(s) of {s.topic} "
+                                "whose outputs did not reach the recorder")
         if warnings:
             report["warnings"] = warnings
         files = {}
-        if opts.plots:
+        if opts.plots and len(parts) == 1:
+            s, (_part, latencies, order, outcomes) = self.streams[0], parts[0]
             files["miou_plot"] = plot_miou_by_distance(report, opts.out / PICTURES[0])
             files["latency_plot"] = plot_latency(latencies, report, opts.out / PICTURES[1])
             # The first frame (a key frame) and propagated ones, where distortion shows.
-            nonkey = [s for s in order[1:] if not outcomes[s].is_key]
+            nonkey = [t for t in order[1:] if not outcomes[t].is_key]
             pick = order[:1] + _spread(nonkey, 3)
-            topics = self.recorder.topics
+            topics = s.recorder.topics
             files["contact_sheet"] = contact_sheet(
-                opts.bag, self.topic, self.gt_topic, out_bag, topics["labels"],
+                opts.bag, s.topic, s.gt_topic, out_bag, topics["labels"],
                 topics.get("distortion"), pick, self.palette, opts.out / PICTURES[2])
+        if opts.reference is not None:
+            from .report import label_agreement
+
+            ref = Path(opts.reference)
+            report["reference"] = label_agreement(
+                out_bag, ref / "outputs" if (ref / "outputs").is_dir() else ref)
         report["files"] = {k: str(v) for k, v in files.items() if v is not None}
         report["report"] = str(opts.out / REPORT_NAME)
         write_json_atomic(opts.out / REPORT_NAME, report)
         if opts.json_path is not None:
             write_json_atomic(opts.json_path, report)
-        report["table"] = format_table(report)
+        if len(parts) == 1:
+            report["table"] = format_table(report)
+        else:
+            report["table"] = "\n".join(
+                [f"{len(parts)} cameras in one node: sent {report['sent']}, dropped "
+                 f"{report['dropped']}, mIoU (mean of the cameras) "
+                 + ("n/a" if report["miou_mean_of_cameras"] is None
+                    else f"{report['miou_mean_of_cameras']:.2f} %")]
+                + [f"[{name}] " + format_table(c) for name, c in report["cameras"].items()])
         return report
 
 
@@ -696,7 +842,11 @@ def parse_param_overrides(items: list[str]) -> dict[str, object]:
 # -- command line -----------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", type=Path, help="rosbag2 folder (or .mcap / .db3 file)")
-    parser.add_argument("--topic", help="image topic (default: the *image_raw Image topic)")
+    parser.add_argument("--topic", help="image topic (default: the *image_raw Image topic, "
+                        "or *image_raw/compressed CompressedImage)")
+    parser.add_argument("--cameras", action="store_true",
+                        help="every camera topic of the bag through one node (image_topics), "
+                        "each scored against the labels_gt beside it")
     parser.add_argument("--labels-topic", default=DEFAULT_LABELS_TOPIC,
                         help="ground-truth labels (mono8 trainIds) for scoring, if present")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -715,6 +865,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SEC",
                         help="longest wait for one frame's outputs")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                        help="an earlier replay's --out (or its outputs bag): report the share "
+                        "of label pixels equal to its labels, frame by frame by stamp")
     parser.add_argument("--no-progress", action="store_true")
     node = parser.add_argument_group("the segmenter node")
     node.add_argument("--external", action="store_true",
@@ -750,7 +903,8 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         namespace=args.namespace, input_topic=args.input_topic, checkpoint=args.checkpoint,
         mode=args.mode, params_file=args.params_file, params=params,
         max_frames=args.max_frames, timeout=args.timeout, overwrite=args.overwrite,
-        json_path=args.json, progress=not args.no_progress, plots=not args.no_plots)
+        json_path=args.json, progress=not args.no_progress, plots=not args.no_plots,
+        cameras=args.cameras, reference=args.reference)
 
 
 def run(args: argparse.Namespace) -> int:

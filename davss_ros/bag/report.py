@@ -265,6 +265,35 @@ def contact_sheet(input_bag: Path, image_topic: str, gt_topic: str | None, outpu
     return _save_png(path, np.concatenate([header, sheet], axis=0))
 
 
+def label_agreement(output_bag: Path, reference_bag: Path) -> dict:
+    """How far the label images of two replays' output bags agree: over every label topic
+    (``*/labels``) and stamp the two have in common, the share of equal pixels (%)."""
+    def labels(path: Path) -> dict[tuple[str, int], np.ndarray]:
+        out = {}
+        with BagReader(path) as reader:
+            topics = [t for t, m in reader.topics.items()
+                      if m == IMAGE_TYPE and t.endswith("/labels")]
+            for topic, t, raw in reader.messages(topics):
+                msg = reader.deserialize(raw, IMAGE_TYPE, where=topic)
+                out[(topic, t)] = image_array(msg, where=topic).copy()
+        return out
+
+    ours, ref = labels(Path(output_bag)), labels(Path(reference_bag))
+    common = sorted(set(ours) & set(ref))
+    equal = total = 0
+    for key in common:
+        a, b = ours[key], ref[key]
+        if a.shape != b.shape:
+            total += max(a.size, b.size)
+            continue
+        equal += int(np.count_nonzero(a == b))
+        total += a.size
+    return {"reference": str(reference_bag), "frames": len(common),
+            "frames_only_here": len(set(ours) - set(ref)),
+            "frames_only_in_reference": len(set(ref) - set(ours)),
+            "pixels_equal_pct": pct(equal / total) if total else None}
+
+
 def format_table(report: dict) -> str:
     """The short summary printed after a replay."""
     lat = report["latency_ms"]
@@ -295,4 +324,8 @@ def format_table(report: dict) -> str:
         lines.append("  mIoU       n/a (no labelled frame was processed)")
     else:
         lines.append("  mIoU       n/a (the bag has no ground-truth labels)")
+    ref = report.get("reference")
+    if ref:
+        lines.append(f"  reference  labels {num(ref['pixels_equal_pct'], '{:.2f}')} % equal to "
+                     f"{ref['reference']}'s over {ref['frames']} frames")
     return "\n".join(lines)

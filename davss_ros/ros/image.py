@@ -211,10 +211,11 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
-def rgb_to_compressed(rgb: np.ndarray, kind: str = "jpeg", *, quality: int = 90,
-                      header=None) -> CompressedImage:
-    """A CompressedImage of an HxWx3 RGB (or HxW mono) uint8 array, with the format string
-    image_transport's compressed plugin writes ("rgb8; jpeg compressed bgr8")."""
+def encode_compressed(rgb: np.ndarray, kind: str = "jpeg", *,
+                      quality: int = 90) -> tuple[str, bytes]:
+    """(format string, data) of a CompressedImage holding an HxWx3 RGB (or HxW mono) uint8
+    array, as image_transport's compressed plugin writes them ("rgb8; jpeg compressed
+    bgr8"). Shared by the node's tests and ``davss make-bag --compressed``."""
     if kind not in ("jpeg", "png"):
         raise ValueError(f"kind must be jpeg or png, got {kind!r}")
     mono = rgb.ndim == 2
@@ -224,10 +225,18 @@ def rgb_to_compressed(rgb: np.ndarray, kind: str = "jpeg", *, quality: int = 90,
     ok, buf = cv2.imencode(".jpg" if kind == "jpeg" else ".png", pixels, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {rgb.shape} image as {kind}")
+    enc = "mono8" if mono else "bgr8"
+    return f"{'mono8' if mono else 'rgb8'}; {kind} compressed {enc}", buf.tobytes()
+
+
+def rgb_to_compressed(rgb: np.ndarray, kind: str = "jpeg", *, quality: int = 90,
+                      header=None) -> CompressedImage:
+    """A CompressedImage of an HxWx3 RGB (or HxW mono) uint8 array (see
+    :func:`encode_compressed`)."""
+    fmt, data = encode_compressed(rgb, kind, quality=quality)
     msg = CompressedImage()
     if header is not None:
         msg.header = header
-    enc = "mono8" if mono else "bgr8"
-    msg.format = f"{'mono8' if mono else 'rgb8'}; {kind} compressed {enc}"
-    msg.data = array.array("B", buf.tobytes())
+    msg.format = fmt
+    msg.data = array.array("B", data)
     return msg

@@ -453,6 +453,12 @@ class VideoSegmenter:
         else:
             parts = self._non_key.complete(self._state, estimate, x, mode, timer=timer)
             out = parts.fused
+            if parts.distortion_map is not None and parts.distortion_map is not m:
+                # The signals estimator refines DMNet's map once the cue exists: the map
+                # published is the refined one (the schedule decided on DMNet's, above).
+                m = parts.distortion_map
+                m_mean = float(m.mean())
+                m_ratio = float((m > 0.5).float().mean())
             self._state = parts.next_state(x, corrected=self.config.model.propagate_corrected)
         is_key = reason is not None
         self.scheduler.commit(is_key=is_key, photometric_error=perr)

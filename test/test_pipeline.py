@@ -474,3 +474,20 @@ def test_a_key_segmenter_of_fixed_input_size_sets_the_network_size_unless_one_is
     with pytest.raises(KeySegmenterError, match="takes 256x128"):
         VideoSegmenter.from_checkpoint(None, key_segmenter=key, input_size=(64, 128),
                                        device="cpu")
+
+
+def test_with_the_signals_estimator_the_published_map_is_the_refined_one():
+    cfg = load_config({
+        "model": {"mode": "davss", "input_height": H, "input_width": W, "distortion": "signals",
+                  "segmenter": {"aspp_channels": 16, "decoder_channels": 16}},
+        "schedule": {"policy": "fixed", "key_interval": 10}})
+    seg = VideoSegmenter(cfg, device="cpu", keep_parts=True)
+    base = textured()
+    seg.step(base)
+    r = seg.step(shifted(base, 4))
+    refined = r.parts.distortion_map
+    dmnet = seg.net.dmnet(r.parts.warped_image, torch.nn.functional.avg_pool2d(
+        seg.state.frame, 4))
+    assert not torch.allclose(refined, dmnet)
+    np.testing.assert_allclose(r.distortion_small, refined[0, 0].numpy(), rtol=0, atol=0)
+    assert r.distortion_mean == pytest.approx(float(refined.mean()), abs=1e-6)

@@ -2,8 +2,12 @@
 
     ros2 launch davss_ros segment.launch.py image_topic:=/front/image_raw namespace:=front
     ros2 launch davss_ros segment.launch.py params_file:=my.yaml autostart:=false rviz:=true
+    ros2 launch davss_ros segment.launch.py \
+        image_topics:="['/front/image_raw', '/rear/image_raw']"
 
-Arguments: params_file, image_topic, namespace, autostart, use_sim_time, rviz.
+Arguments: params_file, image_topic, image_topics, namespace, autostart, use_sim_time, rviz.
+image_topics (a YAML list) runs several cameras in the one node, outputs under
+~/<camera>/ (see config/davss.yaml); "[]" (default) keeps the single image_topic.
 
 With autostart true the launch file requests configure once, and activate once that
 configure has succeeded; after that it leaves the lifecycle alone, so a lifecycle manager
@@ -158,6 +162,7 @@ def generate_launch_description() -> LaunchDescription:
     share = _share_dir()
     params_file = LaunchConfiguration("params_file")
     image_topic = LaunchConfiguration("image_topic")
+    image_topics = LaunchConfiguration("image_topics")
     namespace = LaunchConfiguration("namespace")
     autostart = LaunchConfiguration("autostart")
     use_sim_time = LaunchConfiguration("use_sim_time")
@@ -170,6 +175,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "image_topic", default_value=RVIZ_IMAGE_TOPIC,
             description="camera topic (sensor_msgs/Image), remapped onto the node's 'image'"),
+        DeclareLaunchArgument(
+            "image_topics", default_value="[]",
+            description="several cameras in one node: a YAML list of image topics (entries "
+            "TOPIC or NAME=TOPIC), outputs under ~/<camera>/; [] = the single image_topic"),
         DeclareLaunchArgument(
             "namespace", default_value="",
             description="namespace of the node and its outputs (one per camera)"),
@@ -193,6 +202,8 @@ def generate_launch_description() -> LaunchDescription:
             params_file,
             {
                 "use_sim_time": ParameterValue(use_sim_time, value_type=bool),
+                # [] leaves the parameter unset: the node's default, one camera.
+                "image_topics": ParameterValue(image_topics, value_type=list[str]),
                 # This launch file drives the lifecycle (below), not the node itself.
                 "autostart": False,
             },

@@ -68,7 +68,8 @@ def test_launch_description_declares_arguments_node_and_lifecycle_events():
 
     entities = _load_module().generate_launch_description().entities
     names = {e.name for e in entities if isinstance(e, DeclareLaunchArgument)}
-    assert names == {"params_file", "image_topic", "namespace", "autostart", "use_sim_time",
+    assert names == {"params_file", "image_topic", "image_topics", "namespace", "autostart",
+                     "use_sim_time",
                      "rviz"}
     assert len([e for e in entities if isinstance(e, LifecycleNode)]) == 1
     assert any(isinstance(e, EmitEvent) for e in entities)

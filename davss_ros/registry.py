@@ -81,4 +81,5 @@ DATASETS = Registry("dataset", {
     "synthetic": "davss_ros.data.cityscapes:open_sequences",
     "cityscapes": "davss_ros.data.cityscapes:open_sequences",
     "camvid": "davss_ros.data.camvid:open_sequences",
+    "recording": "davss_ros.data.cityscapes:open_recording",  # davss adapt's cache
 })

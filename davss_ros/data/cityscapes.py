@@ -20,10 +20,17 @@ label, or a frame whose size differs from its label raises ValueError.
 
 For the paper's PDA evaluation (propagation distance d = 1..9), ``pda_sample(i, d)`` gives
 the frames ``ann - d .. ann`` (the key frame first) and the annotated frame's label.
+
+A *recording* (what ``davss adapt`` caches: a camera's frames with a teacher segmenter's
+labels) is the same layout with two differences, which its ``recording.json`` states:
+labels hold class indices as they are (``label_format: train_ids``, any class count up to
+255, 255 = ignore) rather than Cityscapes ids, and the snippet length and annotated index
+are the recording's own (``open_recording``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +40,9 @@ import numpy as np
 
 from davss_ros.data.imageio import check_same_size, png_size, read_label, read_rgb
 from davss_ros.data.labels import id_to_train_id
+
+LABEL_FORMATS = ("ids", "train_ids")  # Cityscapes ids mapped by the table; class indices as-is
+RECORDING_FILE = "recording.json"
 
 _LABEL_RE = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_gtFine_labelIds\.png$")
 
@@ -77,10 +87,14 @@ class CityscapesSequences:
     """The snippets of one split, ordered by (city, seq, annotated frame)."""
 
     def __init__(self, root: str | Path, split: str, *, snippet_length: int = 30,
-                 annotated_index: int = 19) -> None:
+                 annotated_index: int = 19, label_format: str = "ids") -> None:
         if not 0 <= annotated_index < snippet_length:
             raise ValueError(f"annotated_index must be in [0, snippet_length), got "
                              f"{annotated_index} with snippet_length {snippet_length}")
+        if label_format not in LABEL_FORMATS:
+            raise ValueError(f"label_format must be one of {', '.join(LABEL_FORMATS)}, got "
+                             f"{label_format!r}")
+        self.label_format = label_format
         self.root = Path(root)
         self.split = split
         self.snippet_length = snippet_length
@@ -153,7 +167,7 @@ class CityscapesSequences:
 
         With ``check_size`` the annotated frame must exist and have the label's size."""
         path = self.label_path(i)
-        label = load_cityscapes_label(path)
+        label = self._read_label(path)
         if check_size:
             frame = self.frame_path(i, self.annotated_index)
             check_same_size(label.shape, png_size(frame), path, frame)
@@ -165,10 +179,15 @@ class CityscapesSequences:
         if not path.is_file():
             raise FileNotFoundError(f"missing dense label file (gtFine_sequence/ exists only "
                                     f"for synthetic data): {path}")
-        label = load_cityscapes_label(path)
+        label = self._read_label(path)
         frame = self.frame_path(i, k)
         check_same_size(label.shape, png_size(frame), path, frame)
         return label
+
+    def _read_label(self, path: Path) -> np.ndarray:
+        if self.label_format == "train_ids":
+            return read_label(path)
+        return load_cityscapes_label(path)
 
     def pda_frame_indices(self, distance: int) -> list[int]:
         """Snippet indices of the frames ann - distance .. ann (key frame first)."""
@@ -201,3 +220,24 @@ def open_sequences(root: str | Path, split: str, *, snippet_length: int = 30,
     """The registry's builder for ``cityscapes`` and ``synthetic`` (the same layout); the
     other loaders' options do not apply."""
     return CityscapesSequences(root, split, snippet_length=snippet_length)
+
+
+def open_recording(root: str | Path, split: str, *, snippet_length: int | None = None,
+                   **_: object) -> CityscapesSequences:
+    """The registry's builder for ``recording``: the layout's snippet length, annotated index
+    and label format come from ``root/recording.json``; a ``snippet_length`` given must agree."""
+    path = Path(root) / RECORDING_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (a recording folder is written by davss "
+                                f"adapt and describes itself in {RECORDING_FILE})")
+    try:
+        meta = json.loads(path.read_text())
+        length, ann = int(meta["snippet_length"]), int(meta["annotated_index"])
+        fmt = str(meta.get("label_format", "train_ids"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a recording description ({exc})") from None
+    if snippet_length is not None and int(snippet_length) != length:
+        raise ValueError(f"{path}: the recording has snippets of {length} frames, "
+                         f"{snippet_length} were asked for")
+    return CityscapesSequences(root, split, snippet_length=length, annotated_index=ann,
+                               label_format=fmt)

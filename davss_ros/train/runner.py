@@ -21,6 +21,7 @@ import copy
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,15 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path, ctx: Context, *,
                  force: bool = False, from_stage: int | None = None,
                  stop_after: int | None = None, init: str | Path | None = None,
-                 reuse: str | Path | None = None) -> None:
+                 reuse: str | Path | None = None,
+                 key_segmenter: torch.nn.Module | None = None,
+                 after_snapshot: Callable[[int, int, DavssNet], None] | None = None) -> None:
+        """``key_segmenter``: the frozen segmenter of stages 2-4 in place of the net's own
+        (``davss adapt``'s teacher); the net's segmenter weights are kept and saved as they
+        are. ``after_snapshot(stage, iteration, net)``: called on rank 0 after every
+        resumable snapshot of a stage (``davss adapt`` validates there)."""
+        self.key_segmenter = key_segmenter
+        self.after_snapshot = after_snapshot
         self.cfg, self.out, self.ctx = cfg, Path(out), ctx
         self.reuse = Path(reuse) if reuse is not None else None
         self.force, self.from_stage = force, from_stage
@@ -265,6 +274,8 @@ class Trainer:
                 return
             self._save_stage(n, net, fp, iteration=iteration, finished=False)
             save_state(st_path, iteration=iteration, optimizer=optimizer, fingerprint=fp)
+            if self.after_snapshot is not None:
+                self.after_snapshot(n, iteration, net)
 
         result = train_loop(
             ctx, stage=n, cfg=scfg, module=module, dataset=dataset, groups=groups,
@@ -318,8 +329,8 @@ class Trainer:
             dataset = DistortionClips(source, max_distance=cfg.stage2.max_distance,
                                       augment=_augment(scfg), seed=seed)
             cache = LogitCache() if cfg.stage2.cache_logits else None
-            return DMNetStep(net, flow, cache=cache), dataset, [{"params": _params(net.dmnet),
-                                                    "name": "dmnet"}]
+            return DMNetStep(net, flow, cache=cache, segmenter=self.key_segmenter), dataset, [
+                {"params": _params(net.dmnet), "name": "dmnet"}]
         if n == 4:
             s4 = cfg.stage4
             set_trainable(net, {"refiner"})
@@ -327,7 +338,8 @@ class Trainer:
                                       augment=_augment(scfg), seed=seed,
                                       labels=s4.target != "segmenter")
             module = RefinerStep(net, flow, target=s4.target, bce_weight=s4.bce_weight,
-                                 cache=LogitCache() if s4.cache_logits else None)
+                                 cache=LogitCache() if s4.cache_logits else None,
+                                 segmenter=self.key_segmenter)
             return module, dataset, [{"params": _params(net.refiner), "name": "refiner"}]
         s3 = cfg.stage3
         train_flow = learned and s3.train_flow
@@ -345,7 +357,8 @@ class Trainer:
             groups.append({"params": _params(net.accel_cfnet) + _params(net.accel_fusion),
                            "lr": accel_lr, "name": "accel"})
         module = DDSStep(net, flow, switches=switches, accel=s3.accel, train_flow=train_flow,
-                         cache=LogitCache() if s3.cache_logits else None)
+                         cache=LogitCache() if s3.cache_logits else None,
+                         segmenter=self.key_segmenter)
         return module, dataset, groups
 
     def _save_stage(self, n: int, net: DavssNet, fp: str, *, iteration: int, finished: bool,

@@ -13,9 +13,12 @@
   training), L_P, L_C and L_DGFL on F2 (pseudo label) and F3 (ground truth); and the Accel
   baseline's branch and fusion on the same (detached) propagated logits.
 
-Frozen networks run in eval mode without gradients. Every non-key frame goes through the
-model's own non-key step (``davss_ros.model.step``), as at inference: the same warps, the
-same DMNet input, the same fusion; the raw warped logits are propagated.
+Frozen networks run in eval mode without gradients. Stages 2-4 take the frozen key
+segmenter as ``segmenter`` (any module giving logits on the 1/4 grid, e.g. an external
+ONNX teacher wrapped by ``davss_ros.train.adapt``); None = the net's own DeepLabv3+.
+Every non-key frame goes through the model's own non-key step (``davss_ros.model.step``),
+as at inference: the same warps, the same DMNet input, the same fusion; the raw warped
+logits are propagated.
 """
 
 from __future__ import annotations
@@ -135,16 +138,17 @@ class LogitCache:
 
 
 def _segment(net: DavssNet, frames: torch.Tensor, ids: torch.Tensor | None,
-             cache: LogitCache | None) -> torch.Tensor:
+             cache: LogitCache | None, segmenter: nn.Module | None = None) -> torch.Tensor:
+    seg = net.segmenter if segmenter is None else segmenter
     if cache is None or ids is None:
-        return net.segmenter(frames)
-    return cache(net.segmenter, frames, ids)
+        return seg(frames)
+    return cache(seg, frames, ids)
 
 
 @torch.no_grad()
 def propagate_chain(net: DavssNet, flow: FlowProvider, frames: torch.Tensor,
                     distance: torch.Tensor, *, frame_ids: torch.Tensor | None = None,
-                    cache: LogitCache | None = None,
+                    cache: LogitCache | None = None, segmenter: nn.Module | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Propagate each sample's key frame to the last frame, one frame at a time, by the
     model's non-key step.
@@ -161,7 +165,7 @@ def propagate_chain(net: DavssNet, flow: FlowProvider, frames: torch.Tensor,
     rows = torch.arange(n, device=frames.device)
     keys = frames[rows, start]
     ids = None if frame_ids is None else torch.cat([frame_ids[rows, start], frame_ids[:, -1]])
-    logits = _segment(net, torch.cat([keys, frames[:, -1]]), ids, cache)
+    logits = _segment(net, torch.cat([keys, frames[:, -1]]), ids, cache, segmenter)
     state = PropagationState.from_key(keys, logits[:n].clone())
     step = net.non_key_step(flow)
     for s in range(1, length):
@@ -180,17 +184,18 @@ class DMNetStep(nn.Module):
     """Stage 2: BCE of DMNet's map against argmax(propagated) != argmax(current)."""
 
     def __init__(self, net: DavssNet, flow: FlowProvider, *,
-                 cache: LogitCache | None = None) -> None:
+                 cache: LogitCache | None = None, segmenter: nn.Module | None = None) -> None:
         super().__init__()
         self.net = net
         self.flow = flow
         self.cache = cache
+        self._segmenter = [segmenter]  # a list: not a sub-module (no parameters to train)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         frames = batch["frames"]
         prop, prop_image, current_logits = propagate_chain(
             self.net, self.flow, frames, batch["distance"], frame_ids=batch.get("frame_ids"),
-            cache=self.cache)
+            cache=self.cache, segmenter=self._segmenter[0])
         target = distortion_target(prop, current_logits)
         m = self.net.non_key_step(self.flow).distortion(prop_image,
                                                         quarter_image(frames[:, -1]))
@@ -209,11 +214,13 @@ class DDSStep(nn.Module):
 
     def __init__(self, net: DavssNet, flow: FlowProvider, *,
                  switches: DDSSwitches | None = None, accel: bool = True,
-                 train_flow: bool = True, cache: LogitCache | None = None) -> None:
+                 train_flow: bool = True, cache: LogitCache | None = None,
+                 segmenter: nn.Module | None = None) -> None:
         super().__init__()
         self.net = net
         self.flow = flow
         self.cache = cache
+        self._segmenter = [segmenter]
         self.switches = switches or DDSSwitches()
         self.accel = accel
         self.train_flow = train_flow and isinstance(flow, LearnedFlow)
@@ -236,11 +243,12 @@ class DDSStep(nn.Module):
             if sw.dds:
                 logits = _segment(net, torch.cat([f1, f2]),
                                   None if ids is None else torch.cat([ids[:, 0], ids[:, 1]]),
-                                  self.cache)
+                                  self.cache, self._segmenter[0])
                 key, on_f2 = logits.chunk(2)
                 steps = [(f2, f1, pseudo_label(on_f2, size)), (f3, f2, label)]
             else:
-                key = _segment(net, f1, None if ids is None else ids[:, 0], self.cache)
+                key = _segment(net, f1, None if ids is None else ids[:, 0], self.cache,
+                               self._segmenter[0])
                 steps = [(f3, f1, label)]
         # CFNet learns against DMNet's map (the paper's); a signals refiner comes after, in
         # stage 4, as it needs a trained cue.
@@ -277,7 +285,8 @@ class RefinerStep(nn.Module):
     """
 
     def __init__(self, net: DavssNet, flow: FlowProvider, *, target: str = "auto",
-                 bce_weight: float = 1.0, cache: LogitCache | None = None) -> None:
+                 bce_weight: float = 1.0, cache: LogitCache | None = None,
+                 segmenter: nn.Module | None = None) -> None:
         super().__init__()
         if net.refiner is None:
             raise ValueError("stage 4 trains the signals distortion estimator; the model has "
@@ -287,13 +296,14 @@ class RefinerStep(nn.Module):
                              f"{target!r}")
         self.net, self.flow, self.cache = net, flow, cache
         self.target, self.bce_weight = target, float(bce_weight)
+        self._segmenter = [segmenter]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         frames = batch["frames"]
         current = frames[:, -1]
         prop, prop_image, current_logits = propagate_chain(
             self.net, self.flow, frames, batch["distance"], frame_ids=batch.get("frame_ids"),
-            cache=self.cache)
+            cache=self.cache, segmenter=self._segmenter[0])
         step = self.net.non_key_step(self.flow)
         current_image = quarter_image(current)
         with torch.no_grad():

@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("davss_ros.bench", "latency of key / non-key frames and mean per frame, per mode"),
     "flops": ("davss_ros.flops", "FLOPs per module and per frame type (the paper's Table II)"),
     "train": ("davss_ros.train.cli", "train the DAVSS networks stage by stage"),
+    "adapt": ("davss_ros.train.adapt", "learn the non-key networks on your own unlabelled "
+              "video, with the key segmenter as teacher"),
     "eval": ("davss_ros.evaluate.cli", "PDA evaluation (mIoU per propagation distance)"),
     "make-data": ("davss_ros.data.cli", "render synthetic labelled driving clips"),
     "node": ("davss_ros.ros.node", "run the davss_segmenter lifecycle node"),

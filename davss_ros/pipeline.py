@@ -33,10 +33,11 @@ from .checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoin
 from .classes import IGNORE_ID, default_class_names, default_palette
 from .config import DavssConfig, ScheduleConfig, load_config, read_config_file
 from .model import build_davss_net, build_flow, fold_batchnorm
+from .model.refiner import cue_trust
 from .model.step import FrameParts, PropagationState, mode_spec
 from .registry import FLOW_PROVIDERS
 from .resize import RESIZE_POLICIES, Framing
-from .schedule import KeyFrameScheduler, photometric_error
+from .schedule import COLD_KEY_REASONS, CostEstimate, KeyFrameScheduler, photometric_error
 from .segmenters import KeySegmenter, KeySegmenterError, NativeSegmenter, SegmenterInfo
 from .threads import set_threads
 
@@ -44,8 +45,6 @@ STAGES = ("flow", "warp", "dmnet", "cfnet", "fuse", "segmenter", "total")
 # Smallest image side ``step`` accepts (the 1/4-resolution state needs at least one pixel).
 MIN_IMAGE_SIZE = 4
 DEFAULT_RESIZE = "letterbox"
-# Weight of the newest frame in the running averages of key / non-key step time.
-COST_ALPHA = 0.2
 
 __all__ = ["FrameParts", "FrameResult", "VideoSegmenter", "resolve_device"]
 
@@ -236,7 +235,7 @@ class VideoSegmenter:
         self.scheduler = KeyFrameScheduler(cfg.schedule)
         self._framing: Framing | None = None
         self._frame_index = 0
-        self._cost: dict[str, float | None] = {"key": None, "nonkey": None}
+        self._cost = _new_costs()
         self._owner = True
         self._clear_state()
 
@@ -304,7 +303,7 @@ class VideoSegmenter:
         other.scheduler = KeyFrameScheduler(other.config.schedule)
         other._framing = None
         other._frame_index = 0
-        other._cost = {"key": None, "nonkey": None}
+        other._cost = _new_costs()
         other._owner = False
         other._clear_state()
         return other
@@ -363,7 +362,7 @@ class VideoSegmenter:
         self.step(blank)
         self.set_schedule(saved)
         self._frame_index = 0
-        self._cost = {"key": None, "nonkey": None}  # first runs are slow: not typical
+        self._cost = _new_costs()  # first runs are slow: not typical
         self._clear_state()
         self.scheduler.reset()
 
@@ -385,7 +384,13 @@ class VideoSegmenter:
     def expected_ms(self) -> dict[str, float | None]:
         """Running averages of the whole step's time on key and non-key frames (ms; None
         before the first of each), which the budget policy weighs against its budget."""
-        return {"key": self._cost["key"], "nonkey": self._cost["nonkey"]}
+        return {kind: c.mean for kind, c in self._cost.items()}
+
+    @property
+    def key_cost_bound_ms(self) -> float | None:
+        """What the budget policy counts a key frame's step as costing: the slowest of the
+        recent warm ones (``schedule.CostEstimate``); None before there are enough."""
+        return self._cost["key"].bound
 
     @torch.inference_mode()
     def step(self, image: np.ndarray, stamp: float | None = None, *,
@@ -398,10 +403,10 @@ class VideoSegmenter:
             stamp: the frame's time in seconds; a stamp going backwards (a looped bag)
                 clears the propagated state and forces a key frame ('stamp_backwards'), as
                 does one jumping forward by more than ``max_stamp_gap`` ('stamp_jump').
-            budget_ms: with the ``budget`` schedule, the time this frame may take before the
-                stream falls behind (the node: twice the frame period, as one frame can
-                wait in its slot, less the lateness and the next frame's expected cost): a
-                key frame when one is expected to fit, else propagation.
+            budget_ms: with the ``budget`` schedule, the time this frame's step may take
+                before a frame is dropped (the node: ``schedule.key_budget_ms`` over its
+                cameras; one camera at period P, L late: 2P - L): a key frame when one fits
+                (``key_cost_bound_ms``), else propagation.
         """
         if self.net is None:
             raise RuntimeError("VideoSegmenter.step() after close()")
@@ -425,7 +430,8 @@ class VideoSegmenter:
         mode = self.config.model.mode
         spec = mode_spec(mode)
         reason = self.scheduler.pre_decision(image.shape, budget_ms=budget_ms,
-                                             key_cost_ms=self._cost["key"])
+                                             key_cost_ms=self._cost["key"].bound,
+                                             key_mean_ms=self._cost["key"].warm_mean)
         if reason is None and not spec.propagates:
             reason = "per_frame_mode"
         m = None
@@ -448,7 +454,13 @@ class VideoSegmenter:
         if reason is not None:
             with timer("segmenter"):
                 out = self.key_segmenter(x)
-            self._state = PropagationState.from_key(x, out)
+            trust = 1.0
+            if self._non_key.refiner is not None and mode == "davss":
+                # The signals fusion leans on the cue: measure how far it agrees with the
+                # key segmenter here (davss_ros/model/refiner.py, cue_trust).
+                with timer("cfnet"):
+                    trust = cue_trust(self.net.cfnet(x), out)
+            self._state = PropagationState.from_key(x, out, trust=trust)
             m, m_mean, m_ratio = None, 0.0, 0.0
         else:
             parts = self._non_key.complete(self._state, estimate, x, mode, timer=timer)
@@ -471,9 +483,7 @@ class VideoSegmenter:
             self.scheduler.request_key("nonfinite_output")
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         kind = "key" if is_key else "nonkey"
-        last = self._cost[kind]
-        self._cost[kind] = timings["total"] if last is None else (
-            COST_ALPHA * timings["total"] + (1.0 - COST_ALPHA) * last)
+        self._cost[kind].update(timings["total"], cold=reason in COLD_KEY_REASONS)
         result = FrameResult(
             labels=labels, is_key=is_key,
             propagation_distance=0 if is_key else self.scheduler.propagation_distance,
@@ -541,6 +551,11 @@ class _Stage:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timings[self.name] += (time.perf_counter() - self.t0) * 1000.0
+
+
+def _new_costs() -> dict[str, CostEstimate]:
+    """Running step times of key and non-key frames (what the budget policy weighs)."""
+    return {"key": CostEstimate(), "nonkey": CostEstimate()}
 
 
 def _check_image(image: Any) -> None:

@@ -1,5 +1,7 @@
 """VideoSegmenter: scheduling, propagation, modes and input handling on tiny real models."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 from davss_ros.config import load_config
 from davss_ros.model import warp
 from davss_ros.pipeline import VideoSegmenter
+from davss_ros.schedule import COST_MIN_SAMPLES
 
 H, W = 64, 128
 
@@ -452,13 +455,21 @@ def test_two_streams_share_the_networks_but_not_their_state():
 
 
 def test_budget_schedule_keys_only_when_the_expected_key_cost_fits():
-    seg = make("davss", policy="budget", max_interval=5)
+    seg = make("davss", policy="budget", max_interval=5, key_interval=2)
     base = textured(8)
     first = seg.step(base, budget_ms=1e-3)
     assert first.is_key and seg.expected_ms["key"] is not None
-    tight = [seg.step(shifted(base, i), budget_ms=1e-3).is_key for i in range(1, 4)]
+    # the first key frame is a cold one; until enough warm ones are measured to bound the
+    # next one's cost, a key frame every key_interval frames
+    assert seg.key_cost_bound_ms is None
+    reasons = [seg.step(shifted(base, i), budget_ms=1e6).key_reason
+               for i in range(1, 2 * COST_MIN_SAMPLES + 1)]
+    assert reasons == ["", "interval"] * COST_MIN_SAMPLES
+    assert seg.key_cost_bound_ms is not None
+    i = 2 * COST_MIN_SAMPLES + 1
+    tight = [seg.step(shifted(base, i + k), budget_ms=1e-3).is_key for k in range(3)]
     assert tight == [False, False, False]
-    assert seg.step(shifted(base, 4), budget_ms=1e6).key_reason == "slack"
+    assert seg.step(shifted(base, i + 3), budget_ms=1e6).key_reason == "slack"
 
 
 def test_a_key_segmenter_of_fixed_input_size_sets_the_network_size_unless_one_is_asked():
@@ -476,18 +487,43 @@ def test_a_key_segmenter_of_fixed_input_size_sets_the_network_size_unless_one_is
                                        device="cpu")
 
 
-def test_with_the_signals_estimator_the_published_map_is_the_refined_one():
+def _signals_segmenter():
     cfg = load_config({
         "model": {"mode": "davss", "input_height": H, "input_width": W, "distortion": "signals",
                   "segmenter": {"aspp_channels": 16, "decoder_channels": 16}},
         "schedule": {"policy": "fixed", "key_interval": 10}})
-    seg = VideoSegmenter(cfg, device="cpu", keep_parts=True)
+    return VideoSegmenter(cfg, device="cpu", keep_parts=True)
+
+
+def test_with_the_signals_estimator_the_published_map_is_the_refined_one():
+    seg = _signals_segmenter()
     base = textured()
     seg.step(base)
+    seg._state = dataclasses.replace(seg._state, trust=1.0)  # a trusted cue
     r = seg.step(shifted(base, 4))
     refined = r.parts.distortion_map
     dmnet = seg.net.dmnet(r.parts.warped_image, torch.nn.functional.avg_pool2d(
         seg.state.frame, 4))
-    assert not torch.allclose(refined, dmnet)
+    assert r.parts.trust == 1.0 and not torch.allclose(refined, dmnet)
     np.testing.assert_allclose(r.distortion_small, refined[0, 0].numpy(), rtol=0, atol=0)
     assert r.distortion_mean == pytest.approx(float(refined.mean()), abs=1e-6)
+
+
+def test_a_key_frame_measures_the_cue_trust_and_an_untrusted_cue_fuses_with_dmnets_map():
+    from davss_ros.model.refiner import cue_trust
+
+    seg = _signals_segmenter()
+    base = textured()
+    seg.step(base)
+    x = seg.state.frame
+    with torch.no_grad():
+        expected = cue_trust(seg.net.cfnet(x), seg.net.segmenter(x))
+    assert seg.state.trust == pytest.approx(expected)
+    seg._state = dataclasses.replace(seg._state, trust=0.0)
+    r = seg.step(shifted(base, 4))
+    p = r.parts
+    with torch.inference_mode():
+        dmnet = seg.net.dmnet(p.warped_image,
+                              torch.nn.functional.avg_pool2d(seg.state.frame, 4))
+        torch.testing.assert_close(p.distortion_map, dmnet)
+        torch.testing.assert_close(p.fused, p.propagated * (1 - dmnet) + p.cue * dmnet)

@@ -580,3 +580,41 @@ def test_the_signals_refiner_fuses_with_its_floored_weight_and_reports_its_own_m
     assert torch.equal(dmnet_only.distortion_map, est.distortion_map)
     w = 0.25 + 0.5 * m
     assert torch.allclose(parts.fused, parts.propagated * (1 - w) + parts.cue * w, atol=1e-6)
+
+
+def test_cue_trust_maps_the_key_frame_agreement_onto_zero_to_one():
+    from davss_ros.model.refiner import TRUST_HIGH, TRUST_LOW, cue_trust
+
+    key = torch.zeros(1, 3, 4, 5)
+    key[:, 0] = 1.0  # class 0 everywhere
+    for share, want in ((1.0, 1.0), (0.0, 0.0), (TRUST_HIGH, 1.0), (TRUST_LOW, 0.0)):
+        cue = torch.zeros(1, 3, 4, 5)
+        n = round(share * 20)
+        flat = cue.view(1, 3, 20)
+        flat[:, 0, :n] = 1.0
+        flat[:, 1, n:] = 1.0
+        assert cue_trust(cue, key) == pytest.approx(want, abs=0.05)
+    mid = (TRUST_LOW + TRUST_HIGH) / 2
+    cue = torch.zeros(1, 3, 1, 1000)
+    cue[:, 0, :, :round(mid * 1000)] = 1.0
+    cue[:, 1, :, round(mid * 1000):] = 1.0
+    assert cue_trust(cue, torch.ones(1, 3, 1, 1000) * torch.tensor([1.0, 0, 0]).view(
+        1, 3, 1, 1)) == pytest.approx(0.5, abs=0.01)
+
+
+def test_the_signals_fusion_blends_with_dmnets_by_the_trust():
+    cfg = load_config({"model": {**TINY_MODEL, "distortion": "signals"}}).model
+    torch.manual_seed(0)
+    net = build_davss_net(cfg).eval()
+    step = net.non_key_step(build_flow(cfg.flow, None))
+    g = torch.Generator().manual_seed(1)
+    m = torch.rand(1, 1, 4, 8, generator=g)
+    cue, prop = torch.randn(1, 19, 4, 8, generator=g), torch.randn(1, 19, 4, 8, generator=g)
+    images = (torch.rand(1, 3, 4, 8, generator=g), torch.rand(1, 3, 4, 8, generator=g))
+    with torch.no_grad():
+        full_m, full_w = step.fusion_weight(m, cue, prop, images, trust=1.0)
+        none_m, none_w = step.fusion_weight(m, cue, prop, images, trust=0.0)
+        half_m, half_w = step.fusion_weight(m, cue, prop, images, trust=0.5)
+    assert torch.equal(none_m, m) and torch.equal(none_w, m)
+    torch.testing.assert_close(half_w, 0.5 * full_w + 0.5 * m)
+    torch.testing.assert_close(half_m, 0.5 * full_m + 0.5 * m)

@@ -84,16 +84,19 @@ def mode_spec(mode: str) -> ModeSpec:
 class PropagationState:
     """What a stream carries from frame to frame: the last frame (N x 3 x H x W in [0, 1],
     the flow's ``previous``), the propagated logits and the propagated key image (both at
-    1/4 resolution, aligned with that frame)."""
+    1/4 resolution, aligned with that frame), and the trust in the cue that the last key
+    frame measured (:func:`davss_ros.model.refiner.cue_trust`; 1 = the signals fusion)."""
 
     frame: torch.Tensor
     logits: torch.Tensor
     image: torch.Tensor
+    trust: float = 1.0
 
     @classmethod
-    def from_key(cls, frame: torch.Tensor, logits: torch.Tensor) -> PropagationState:
+    def from_key(cls, frame: torch.Tensor, logits: torch.Tensor, *,
+                 trust: float = 1.0) -> PropagationState:
         """The state after a key frame: its logits and its own 1/4 image."""
-        return cls(frame=frame, logits=logits, image=quarter_image(frame))
+        return cls(frame=frame, logits=logits, image=quarter_image(frame), trust=trust)
 
 
 def quarter_image(frame: torch.Tensor) -> torch.Tensor:
@@ -120,12 +123,13 @@ class FrameParts:
     fused: torch.Tensor  # the output logits: f_C (davss), Accel's fusion, f_P (dff)
     distortion_map: torch.Tensor | None  # DMNet's M (davss, or when asked for)
     warped_image: torch.Tensor  # the key image warped to this frame
+    trust: float = 1.0  # the stream's trust in the cue this frame was fused with
 
     def next_state(self, frame: torch.Tensor, *, corrected: bool = False) -> PropagationState:
         """The state after this frame: the raw warped logits (the authors' choice), or the
         output logits with ``corrected``."""
         return PropagationState(frame=frame, logits=self.fused if corrected else self.propagated,
-                                image=self.warped_image)
+                                image=self.warped_image, trust=self.trust)
 
 
 class NonKeyStep:
@@ -182,13 +186,13 @@ class NonKeyStep:
             raise ValueError(f"mode {mode!r} fuses with the distortion map; estimate() must be "
                              "called with distortion=True")
         cue, fused, m = self.correct(mode, propagated, frame, m, estimate=estimate,
-                                     timer=timer)
+                                     trust=state.trust, timer=timer)
         return FrameParts(propagated=propagated, cue=cue, fused=fused, distortion_map=m,
-                          warped_image=estimate.warped_image)
+                          warped_image=estimate.warped_image, trust=state.trust)
 
     def correct(self, mode: str, propagated: torch.Tensor, frame: torch.Tensor,
                 distortion_map: torch.Tensor | None, *, estimate: Estimate | None = None,
-                timer: Timer = untimed,
+                trust: float = 1.0, timer: Timer = untimed,
                 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """The mode's current-frame branch on ``frame`` and its fusion with ``propagated``:
         (cue, fused, distortion map); (None, propagated, map) for a mode without a branch.
@@ -208,26 +212,33 @@ class NonKeyStep:
                 images = (None if estimate is None else
                           (estimate.warped_image, estimate.current_image))
                 distortion_map, weight = self.fusion_weight(distortion_map, cue, propagated,
-                                                            images)
+                                                            images, trust=trust)
             fused = getattr(self.net, spec.fusion)(propagated, cue, weight)
         return cue, fused, distortion_map
 
     def fusion_weight(self, distortion_map: torch.Tensor, cue: torch.Tensor,
                       propagated: torch.Tensor,
-                      images: tuple[torch.Tensor, torch.Tensor] | None,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      images: tuple[torch.Tensor, torch.Tensor] | None, *,
+                      trust: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(the distortion map, the weight Eq. 4 gives the cue): DMNet's map and itself
-        (or the constant map) for the paper's estimator; the refined map and its floored
-        weight for ``signals``, which needs ``images`` (the warped key image and the current
-        image at 1/4)."""
+        (or the constant map) for the paper's estimator; for ``signals``, which needs
+        ``images`` (the warped key image and the current image at 1/4), the refined map
+        and its floored weight, blended with DMNet's map and weight by ``trust`` (1: the
+        refined ones alone, 0: DMNet's)."""
         refiner = self.refiner
         if refiner is None or self.fusion_map == "constant":
             return distortion_map, fusion_map(distortion_map, self.fusion_map)
         if images is None:
             raise ValueError("the signals distortion estimator needs the warped key image "
                              "and the current image")
+        if trust <= 0.0:
+            return distortion_map, distortion_map
         refined = refiner(distortion_signals(distortion_map, cue, propagated, *images))
-        return refined, refiner.fusion_weight(refined)
+        weight = refiner.fusion_weight(refined)
+        if trust >= 1.0:
+            return refined, weight
+        return (trust * refined + (1.0 - trust) * distortion_map,
+                trust * weight + (1.0 - trust) * distortion_map)
 
     def propagate(self, state: PropagationState, frame: torch.Tensor, mode: str, *,
                   distortion: bool | None = None, flow: torch.Tensor | None = None,

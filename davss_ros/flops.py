@@ -306,6 +306,13 @@ def network_reports(cfg: DavssConfig, *, transposed: str = "input") -> dict[str,
     reports["dmnet"] = count(net.dmnet, small, small)
     reports["accel_cfnet"] = count(net.accel_cfnet, image)
     reports["accel_fusion"] = count(net.accel_fusion, logits, logits)
+    if net.refiner is not None:
+        from davss_ros.model.refiner import SIGNALS
+
+        with torch.device("meta"):
+            signals = torch.empty(1, len(SIGNALS), m.input_height // 4, m.input_width // 4)
+        # its head; the sigmoid and the floor's multiply-add are not counted elsewhere either
+        reports["refiner"] = count(net.refiner.head, signals)
     return reports
 
 
@@ -318,7 +325,7 @@ def non_key_cost(mode: str, modules: dict[str, float]) -> float:
         return modules["segmenter"] + modules["upsample"]
     cost = modules["flownet"] + modules["warp_logits"] + modules["upsample"]
     if spec.distortion:
-        cost += modules["warp_image"] + modules["dmnet"]
+        cost += modules["warp_image"] + modules["dmnet"] + modules.get("refiner", 0.0)
     if spec.cue is not None:
         cost += modules[spec.cue] + modules[spec.fusion]
     return cost
@@ -336,7 +343,8 @@ def frame_cost_table(cfg: DavssConfig, reports: dict[str, FlopsReport] | None = 
     - ``dff``: flow + warp of the logits + upsampling.
     - ``accel``: flow + warp of the logits + Accel's branch + its 1x1 fusion + upsampling.
     - ``davss``: flow + warp of the logits and of the key image + DMNet + CFNet + fusion +
-      upsampling.
+      upsampling, and the signals refiner when the model has one (its key frames then also
+      run CFNet: ``key_by_mode``).
 
     DIS flow (OpenCV, not a network) counts 0. The image warp of the scene-cut test, which
     the pipeline also runs in ``dff`` and ``accel``, is counted in ``davss`` only, where the
@@ -353,6 +361,7 @@ def frame_cost_table(cfg: DavssConfig, reports: dict[str, FlopsReport] | None = 
         "dmnet": g["dmnet"],
         "accel_cfnet": g["accel_cfnet"],
         "accel_fusion": g["accel_fusion"],
+        "refiner": g.get("refiner", 0.0),
         "warp_logits": warp_flops(c, h4, w4) / GIGA,
         "warp_image": warp_flops(3, h4, w4) / GIGA,
         "fusion": fusion_flops(c, h4, w4) / GIGA,
@@ -360,6 +369,9 @@ def frame_cost_table(cfg: DavssConfig, reports: dict[str, FlopsReport] | None = 
     }
     key = modules["segmenter"] + modules["upsample"]
     non_key = {mode: non_key_cost(mode, modules) for mode in FRAME_MODES}
+    # With the signals estimator a davss key frame also runs CFNet (the cue trust).
+    key_by_mode = {mode: key + (modules["cfnet"] if mode == "davss" and "refiner" in g
+                                else 0.0) for mode in FRAME_MODES}
     return {
         "units": "GFLOPs",
         "input_height": m.input_height,
@@ -372,9 +384,10 @@ def frame_cost_table(cfg: DavssConfig, reports: dict[str, FlopsReport] | None = 
                       else "DIS optical flow (OpenCV, not a network): 0 GFLOPs counted"),
         "modules": modules,
         "key": key,
+        "key_by_mode": key_by_mode,
         "non_key": non_key,
-        "c_mean": {mode: {str(d): c_mean(key, non_key[mode], d) for d in DISTANCES}
-                   for mode in FRAME_MODES},
+        "c_mean": {mode: {str(d): c_mean(key_by_mode[mode], non_key[mode], d)
+                          for d in DISTANCES} for mode in FRAME_MODES},
         "uncounted": {name: sorted(r.uncounted) for name, r in reports.items() if r.uncounted},
     }
 

@@ -296,9 +296,10 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
 
     log("report: GFLOPs per frame (davss flops)")
     table = frame_cost_table(ck.config)
-    out["flops"] = {"key": table["key"], "non_key": table["non_key"],
+    out["flops"] = {"key": table["key"], "key_by_mode": table["key_by_mode"],
+                    "non_key": table["non_key"],
                     "modules": table["modules"], "flow_note": table["flow_note"]}
-    gflops = {mode: {"key": table["key"], "nonkey": table["non_key"][mode]}
+    gflops = {mode: {"key": table["key_by_mode"][mode], "nonkey": table["non_key"][mode]}
               for mode in MAIN_MODES}
     if out.get("matched"):
         gflops["matched per_frame"] = {"key": out["matched"]["gflops"],
@@ -456,7 +457,8 @@ def _schedule(ck, dataset, sw: ScheduleSweep, clips: int, table: dict, device,
                                 progress=progress)
     finally:
         seg.close()
-    out = sweep_as_json(sweep, key_cost=table["key"], nonkey_cost=table["non_key"]["davss"])
+    out = sweep_as_json(sweep, key_cost=table["key_by_mode"]["davss"],
+                        nonkey_cost=table["non_key"]["davss"])
     frames = sweep.fixed[0].frames if sweep.fixed else 0
     out["description"] = (
         f"davss mode streams {clips} whole clips ({frames} frames, every frame scored) "
@@ -614,6 +616,10 @@ def _f(v: float | None, nd: int = 2) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _key_gflops(results: dict[str, Any], mode: str) -> float:
+    return results["flops"].get("key_by_mode", {}).get(mode, results["flops"]["key"])
+
+
 def _bench_frames(results: dict[str, Any]) -> int:
     b = results["bench"]["davss"]
     return int(b["key_frames"] + b["nonkey_frames"])
@@ -697,7 +703,8 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
                   "cue is as good as the key segmenter, a per-frame light network wins."]
         if results.get("matched"):
             mt, fl = results["matched"], results["flops"]
-            d5 = (fl["key"] + 4 * fl["non_key"]["davss"]) / 5
+            d5 = (fl.get("key_by_mode", {}).get("davss", fl["key"])
+                  + 4 * fl["non_key"]["davss"]) / 5
             L += [f"- `{mt['name']}`: a light DeepLabv3+ trained on the same clips with the "
                   f"same stage-0 budget (`{mt['train_config']}`), {mt['gflops']:.2f} GFLOPs "
                   f"a frame against davss's mean at D = 5 ({d5:.2f} GFLOPs): mean "
@@ -741,14 +748,14 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
           + (" | key ms | non-key ms | non-key / key (ms)" if results.get("bench") else "")
           + " |", "|---|---|---" + ("|---|---|---" if results.get("bench") else "") + "|"]
     for mode in MAIN_MODES:
-        line = (f"| {mode} | {results['flops']['key']:.2f} | "
+        line = (f"| {mode} | {_key_gflops(results, mode):.2f} | "
                 f"{results['flops']['non_key'][mode]:.2f}")
         if results.get("bench"):
             b = results["bench"][mode]
             line += f" | {b['key_ms']:.1f} | {b['nonkey_ms']:.1f} | {b['nonkey_over_key']:.2f}"
         L.append(line + " |")
     for mode, b in (results.get("bench_onnx") or {}).items():
-        L.append(f"| {mode}, key segmenter on onnxruntime | {results['flops']['key']:.2f} | "
+        L.append(f"| {mode}, key segmenter on onnxruntime | {_key_gflops(results, mode):.2f} | "
                  f"{results['flops']['non_key'][mode]:.2f} | {b['key_ms']:.1f} | "
                  f"{b['nonkey_ms']:.1f} | {b['nonkey_over_key']:.2f} |")
     if results.get("matched"):

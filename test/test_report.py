@@ -145,7 +145,9 @@ def test_matched_baseline_domain_shift_calibration_and_onnx_rows_are_reported(ru
 
 def test_costs_follow_eq8_from_flops_and_bench(run):
     res = run["results"]
-    key, nonkey = res["flops"]["key"], res["flops"]["non_key"]["davss"]
+    key, nonkey = res["flops"]["key_by_mode"]["davss"], res["flops"]["non_key"]["davss"]
+    # a signals model's key frames also run CFNet (the cue trust)
+    assert key == pytest.approx(res["flops"]["key"] + res["flops"]["modules"]["cfnet"])
     pts = [p for p in res["cca_gflops"] if p[0] == "davss"]
     assert len(pts) == 9
     for d, (_, cost, miou) in zip(range(1, 10), pts, strict=True):

@@ -53,7 +53,9 @@ def run(tmp_path_factory):
     matched_ck = _save(tmp / "matched.pt", 2)
     spec = {"dataset": {"kind": "synthetic", "root": str(tmp / "data"), "split": "test"},
             "model": {"checkpoint": str(main_ck), "train_config": "tiny.yaml"},
-            "ablations": [{"name": "without DGFC", "checkpoint": str(abl_ck)}],
+            "ablations": [{"name": "without DGFC", "checkpoint": str(abl_ck)},
+                          {"name": "without DDS", "checkpoint": str(tmp / "nope.pt"),
+                           "train_config": "no_dds.yaml"}],
             "distances": [1, 2, 3, 4, 5, 6, 7, 8, 9],
             "schedule": {"clips": 2, "fixed_intervals": [1, 3, 5],
                          "adaptive_thresholds": [0.2, 0.5], "max_interval": 6},
@@ -141,6 +143,14 @@ def test_matched_baseline_domain_shift_calibration_and_onnx_rows_are_reported(ru
     assert all(0 <= c["flicker_percent"] <= 100 and c["counted_pixels"] > 0
                for c in cons.values())
     assert f"| davss | {cons['davss']['flicker_percent']:.2f} |" in text
+
+
+def test_an_untrained_ablation_is_reported_missing_and_its_goal_missed(run):
+    res, text = run["results"], run["out"].read_text()
+    assert "without DDS" not in res["ablations"]
+    assert "without DDS: not trained for this report" in text
+    goal = next(g for g in res["goals"] if g["goal"].startswith("without DDS"))
+    assert not goal["met"] and "not trained" in goal["measured"]
 
 
 def test_costs_follow_eq8_from_flops_and_bench(run):

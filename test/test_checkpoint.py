@@ -1,6 +1,7 @@
 """Checkpoints: round trip, and every way a file can be unusable gives a clear error."""
 
 import collections
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -164,15 +165,19 @@ SHIPPED = weights.PACKAGE_WEIGHTS_DIR / weights.DEFAULT_NAME
 
 @pytest.mark.skipif(not SHIPPED.is_file(),
                     reason=f"no model shipped yet ({SHIPPED} is absent in this checkout)")
-def test_the_shipped_model_is_small_safe_to_load_trained_and_the_cpu_preset():
+def test_the_shipped_model_is_small_safe_to_load_trained_and_of_the_cpu_family():
     assert SHIPPED.stat().st_size <= 20_000_000  # bytes: 20 MB
     payload = torch.load(SHIPPED, map_location="cpu", weights_only=True)  # plain data only
     assert payload["format"] == "davss_ros.checkpoint"
     ck = load_checkpoint(SHIPPED)
     assert ck.meta.get("trained_by") and not ck.meta.get("untrained"), ck.meta.keys()
-    preset = load_config("cpu").model
-    assert ck.config.model.segmenter == preset.segmenter
-    assert ck.config.model.num_classes == preset.num_classes
+    # the cpu preset's architecture (backbone, stride, input, classes, DIS flow), its
+    # segmenter 1.5x wider and the signals estimator (config/train/synthetic_strong.yaml)
+    preset, model = load_config("cpu").model, ck.config.model
+    assert dataclasses.replace(model.segmenter, width_mult=1.0) == preset.segmenter
+    assert model.segmenter.width_mult == 1.5 and model.distortion == "signals"
+    assert (model.input_height, model.input_width, model.num_classes, model.flow) == (
+        preset.input_height, preset.input_width, preset.num_classes, preset.flow)
     assert any(k.startswith("accel_") for k in ck.state_dict)  # model.mode accel works
     seg = VideoSegmenter(checkpoint=SHIPPED, device="cpu")
     assert seg.step(np.zeros((256, 512, 3), np.uint8)).labels.shape == (256, 512)

@@ -1,8 +1,9 @@
 """Checkpoints shipped with the package (installed with it), and the default model.
 
-The package ships one trained model, ``davss_cpu.pt``: the ``cpu`` preset (MobileNetV3-L
-DeepLabv3+ at 256x512, DIS flow) trained by ``config/train/synthetic_cpu.yaml`` and
-stored as float16 by ``davss export --half``. It is the default of the node
+The package ships one trained model, ``davss_cpu.pt``: the ``cpu`` preset's architecture
+(MobileNetV3-L DeepLabv3+ at 256x512, DIS flow) with a 1.5x wider segmenter and the
+``signals`` distortion estimator, trained by ``config/train/synthetic_strong.yaml`` and
+stored as float16 by ``davss export --half`` (docs/MODEL_CARD.md). It is the default of the node
 (``model.checkpoint`` empty), of ``davss demo`` and of ``davss eval``.
 
 ``DAVSS_WEIGHTS_DIR`` (environment) names another folder to take ``davss_cpu.pt`` from,

@@ -85,13 +85,15 @@ class AdaptSettings:
     resize: str = "letterbox"  # the pipeline's default
     max_frames: int | None = None
     batch_size: int = 4
-    dmnet_iterations: int = 100
-    cfnet_iterations: int = 150
-    refiner_iterations: int = 100
-    dmnet_lr: float = 2e-3
-    cfnet_lr: float = 1e-3
+    # Chosen on the held-out part of a 300-frame dusk recording (docs/issue13_figures.md):
+    # about 13 minutes on a busy 2-core CPU at 256x512.
+    dmnet_iterations: int = 200
+    cfnet_iterations: int = 600
+    refiner_iterations: int = 200
+    dmnet_lr: float = 5e-3
+    cfnet_lr: float = 3e-3
     refiner_lr: float = 1e-3
-    validate_every: int = 25
+    validate_every: int = 50
     seed: int = 0
     device: str = "auto"
     threads: int | None = None

@@ -41,9 +41,11 @@ def write_video(path: Path, frames: list[np.ndarray]) -> Path:
     return path
 
 
-def small_checkpoint(path: Path, *, num_classes: int = 19, seed: int = 1) -> Path:
+def small_checkpoint(path: Path, *, num_classes: int = 19, seed: int = 1,
+                     distortion: str = "paper") -> Path:
     data = json.loads(json.dumps(SMALL))
     data["model"]["num_classes"] = num_classes
+    data["model"]["distortion"] = distortion
     cfg = load_config(data)
     return save_checkpoint(path, config=cfg, state_dict=untrained_checkpoint(cfg, seed=seed)
                            .state_dict)
@@ -219,6 +221,22 @@ def test_an_onnx_teacher_is_the_segmenter_of_training_and_the_checkpoint_referen
     seg = VideoSegmenter.from_checkpoint(out, mode="per_frame", device="cpu")
     assert seg.key_segmenter.kind == "onnx"
     np.testing.assert_array_equal(seg.step(frame).labels, by_onnx)
+
+
+def test_a_signals_model_also_retrains_its_distortion_estimator_from_the_teacher(
+        assets, tmp_path):
+    teacher = small_checkpoint(tmp_path / "signals.pt", distortion="signals")
+    out = tmp_path / "signals_adapted.pt"
+    code = davss(["adapt", "--checkpoint", str(teacher), "--video", str(assets["video"]),
+                  "--out", str(out), *FAST, "--refiner-iterations", "2"])
+    assert code == 0
+    history = json.loads((tmp_path / "signals_adapted.pt.work" / "state.json").read_text())
+    assert [(h["stage"], h["iteration"]) for h in history["history"]][-1] == (4, 2)
+    stage4 = (tmp_path / "signals_adapted.pt.work" / "train" / "stage4.csv").read_text()
+    assert stage4.splitlines()[0].startswith("iteration,CE,BCE")
+    ck = load_checkpoint(out)
+    assert ck.config.model.distortion == "signals"
+    assert ck.meta["train_config"]["stages"][4]["target"] == "segmenter"
 
 
 @pytest.mark.parametrize("case", ["unreadable_video", "too_few_frames", "other_classes"])

@@ -261,23 +261,6 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
                       spec.key_segmenter)["cue"]
     out["model"]["distortion"] = m.distortion
     out["key_segmenter"] = spec.key_segmenter or None
-    out["ablations"] = {}
-    out["ablations_missing"] = {}
-    for abl in spec.ablations:
-        if not Path(abl.checkpoint).is_file():
-            log(f"report: the ablation {abl.name!r} is not trained ({abl.checkpoint} is "
-                "missing); reported as missing")
-            out["ablations_missing"][abl.name] = {"checkpoint": abl.checkpoint,
-                                                  "train_config": abl.train_config}
-            continue
-        log(f"report: PDA of the ablation {abl.name!r} ({abl.checkpoint})")
-        ack = load_checkpoint(abl.checkpoint)
-        row = _pda(ack, ("davss",), dataset, spec.distances, device, progress)["davss"]
-        row["checkpoint"] = abl.checkpoint
-        row["train_config"] = abl.train_config
-        row["training"] = training_info(ack)
-        out["ablations"][abl.name] = row
-
     if spec.matched is not None:
         log(f"report: the matched-cost per-frame baseline ({spec.matched.checkpoint})")
         mck = load_checkpoint(spec.matched.checkpoint)
@@ -341,6 +324,24 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
     clips = sw.clips if limit is None else min(sw.clips, limit)
     log(f"report: fixed against adaptive key frames on {clips} whole clips")
     out["schedule"] = _schedule(ck, split, sw, clips, table, device, progress)
+
+    # The ablations last: their trainings are the longest, and may still be finishing.
+    out["ablations"] = {}
+    out["ablations_missing"] = {}
+    for abl in spec.ablations:
+        if not Path(abl.checkpoint).is_file():
+            log(f"report: the ablation {abl.name!r} is not trained ({abl.checkpoint} is "
+                "missing); reported as missing")
+            out["ablations_missing"][abl.name] = {"checkpoint": abl.checkpoint,
+                                                  "train_config": abl.train_config}
+            continue
+        log(f"report: PDA of the ablation {abl.name!r} ({abl.checkpoint})")
+        ack = load_checkpoint(abl.checkpoint)
+        row = _pda(ack, ("davss",), dataset, spec.distances, device, progress)["davss"]
+        row["checkpoint"] = abl.checkpoint
+        row["train_config"] = abl.train_config
+        row["training"] = training_info(ack)
+        out["ablations"][abl.name] = row
 
     if spec.shipped and Path(spec.shipped).is_file():
         out["shipped"] = shipped_info(spec.shipped)

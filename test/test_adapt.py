@@ -191,6 +191,22 @@ def test_an_interrupted_run_resumes_to_the_same_weights(assets, adapted, tmp_pat
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
+def test_other_settings_in_the_same_work_folder_train_again_on_the_cached_frames(
+        assets, tmp_path, capsys):
+    out = tmp_path / "again.pt"
+    args = ["adapt", "--checkpoint", str(assets["teacher"]), "--video", str(assets["video"]),
+            "--out", str(out), *FAST]
+    assert davss(args) == 0
+    capsys.readouterr()
+    assert davss([*args, "--cfnet-iterations", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "frames and teacher labels: 20 frames cached" in text
+    assert "training settings or starting weights changed; training again" in text
+    history = json.loads((tmp_path / "again.pt.work" / "state.json").read_text())["history"]
+    assert [(h["stage"], h["iteration"]) for h in history] == [
+        (-1, 0), (2, 2), (2, 4), (3, 2)]  # the record of the first run is gone
+
+
 def test_an_onnx_teacher_is_the_segmenter_of_training_and_the_checkpoint_references_it(
         assets, tmp_path):
     pytest.importorskip("onnxruntime")

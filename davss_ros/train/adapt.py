@@ -483,6 +483,37 @@ def train_config(run_cfg, data_root: Path, length: int, snippets: int,
     })
 
 
+RUN_FILE = "run.json"
+RUN_OUTPUTS = ("train", "start.pt", "best.pt", "state.json", "validation.csv")
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _start_over_unless(work: Path, run_id: dict[str, Any], log=print) -> None:
+    """Keep the stages and the validation record in ``work`` only when they come from the
+    same settings and starting weights; else remove them (the cached recording stays)."""
+    path = work / RUN_FILE
+    if path.is_file() and json.loads(path.read_text()) == run_id:
+        return
+    if any((work / name).exists() for name in RUN_OUTPUTS):
+        log(f"{work}: training settings or starting weights changed; training again")
+    for name in RUN_OUTPUTS:
+        target = work / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    path.write_text(json.dumps(run_id))
+
+
 @dataclass
 class Validator:
     """Scores weights on the held-out snippets (davss, agreement with the teacher at d) and
@@ -615,16 +646,21 @@ def adapt(frames: FrameInput, *, out: Path, key_segmenter: Path | None = None,
         run_cfg = replace(start.config, model=replace(
             start.config.model, num_classes=teacher.num_classes,
             input_height=config.model.input_height, input_width=config.model.input_width))
-        # the starting weights as a file the Trainer starts from
-        start_path = work / "start.pt"
-        if ctx.is_main and not start_path.is_file():
-            save_checkpoint(start_path, config=run_cfg, state_dict=start.state_dict,
-                            class_names=list(teacher.class_names),
-                            palette=list(teacher.palette), meta={"source": start_name})
-        ctx.barrier()
         length = int(desc["snippet_length"])
         train_snippets = (desc["splits"]["train"][1] - desc["splits"]["train"][0]) // length
         cfg = train_config(run_cfg, data, length, train_snippets, s)
+        # What the training and its record depend on besides the recording: the settings
+        # and the starting weights. Another run in the same work folder starts over.
+        run_id = {"train": cfg.fingerprint(4), "start": start_name,
+                  "start_sha256": _state_digest(start.state_dict)}
+        start_path = work / "start.pt"
+        if ctx.is_main:
+            _start_over_unless(work, run_id, log=say)
+            if not start_path.is_file():
+                save_checkpoint(start_path, config=run_cfg, state_dict=start.state_dict,
+                                class_names=list(teacher.class_names),
+                                palette=list(teacher.palette), meta={"source": start_name})
+        ctx.barrier()
         validator = Validator(work, run_cfg, teacher, s.distance, ctx.device)
         if ctx.is_main and not validator.done(-1, 0):
             validator.record(-1, 0, start.state_dict, log=say)

@@ -664,7 +664,8 @@ def adapt(frames: FrameInput, *, out: Path, key_segmenter: Path | None = None,
         validator = Validator(work, run_cfg, teacher, s.distance, ctx.device)
         if ctx.is_main and not validator.done(-1, 0):
             validator.record(-1, 0, start.state_dict, log=say)
-        start_score = validator.history[0]["agreement"]
+        ctx.barrier()
+        start_score = validator.history[0]["agreement"] if validator.history else None
 
         def after_snapshot(stage: int, iteration: int, net: nn.Module) -> None:
             total = cfg.stage(stage).iterations

@@ -17,10 +17,26 @@ Policies (``ScheduleConfig.policy``):
   costs nothing extra (DVSNet and Li et al. 2018 train a separate regressor for the same job).
 
 - ``budget``: a key frame whenever one fits the time the stream leaves (``budget_ms``, given
-  per frame by whoever knows the camera rates: the node), else propagation; a key frame at
-  the latest after ``max_interval`` propagated frames. A fast machine thus segments every
-  frame, a slow one propagates exactly as much as it must instead of dropping frames.
-  Without a ``budget_ms`` (offline) it keys every ``key_interval`` frames, like ``fixed``.
+  per frame by whoever knows the camera rates: the node, with :func:`key_budget_ms`), else
+  propagation; a key frame at the latest after ``max_interval`` propagated frames. A fast
+  machine thus segments every frame, a slow one propagates exactly as much as it must
+  instead of dropping frames. Without a ``budget_ms`` (offline) it keys every
+  ``key_interval`` frames, like ``fixed``; so it does until enough key frames have been
+  measured to bound the next one's cost, where an average key frame fits the budget.
+
+The budget (:func:`key_budget_ms`) is the most worker time the frame may take without any
+camera dropping a frame later, if the frames after it are propagated. The worker keeps one
+waiting frame per camera, and a frame is dropped when the next one of its camera arrives
+before the worker has taken it; so a frame must be started within one period of its
+arrival. The time saved on cheap (propagated) frames is banked as the worker's lead on those
+deadlines, up to what the one-frame slots can hold: a key frame is allowed once the lead
+covers its cost, and it is spent again by the key frame. With one camera at period P and
+the worker L late on this frame, the budget is 2P - L: the next frame may wait in the slot
+until the one after it arrives. Several cameras are the same computation over all of their
+arrivals, oldest first, as the worker serves them; a camera propagated for longer than this
+one has the prior claim, and the time its next key frame needs is kept for it. The key cost
+compared with the budget is a :class:`CostEstimate` bound (the slowest of the last
+:data:`COST_WINDOW` key frames), so a key frame is placed only where even a slow one fits.
 
 Every policy also cuts on a scene change: the photometric error of the warped key image
 against the current frame above ``scene_cut_factor`` times its running level and above
@@ -33,15 +49,26 @@ compare the error with; ``max_interval`` and the distortion rule still apply).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from davss_ros.config import DISTORTION_METRICS, POLICIES, ScheduleConfig
 
+if TYPE_CHECKING:  # the node imports this module without torch
+    import torch
+
 # Weight of the newest non-key frame's photometric error in the running level (EMA).
 LEVEL_ALPHA = 0.1
+# Weight of the newest frame in the running mean of a frame's cost.
+COST_ALPHA = 0.2
+# A key frame's cost as the budget policy counts it: the slowest of this many recent ones,
+# once there are at least COST_MIN_SAMPLES (the slowest of fewer says little about the next).
+COST_WINDOW = 16
+COST_MIN_SAMPLES = 4
+# How many periods of the fastest camera key_budget_ms looks ahead at most.
+BUDGET_HORIZON_FRAMES = 8
 
 # Key reasons, in the order pre_decision / post_decision apply them.
 REASON_FIRST_FRAME = "first_frame"
@@ -52,6 +79,8 @@ REASON_SCENE_CUT = "scene_cut"
 REASON_DISTORTION = "distortion"
 REASON_NONFINITE_METRIC = "nonfinite_metric"
 REASON_SLACK = "slack"
+# Key frames that start a stream afresh and pay one-time costs (CostEstimate's cold samples).
+COLD_KEY_REASONS = (REASON_FIRST_FRAME, REASON_RESOLUTION_CHANGE, "reset", "recovery")
 
 
 def photometric_error(warped_image: torch.Tensor, current_image: torch.Tensor) -> float:
@@ -88,6 +117,115 @@ def validate_schedule(cfg: ScheduleConfig) -> None:
     if not cfg.scene_cut_min_error >= 0.0:
         raise ValueError(
             f"schedule.scene_cut_min_error must be >= 0, got {cfg.scene_cut_min_error!r}")
+
+
+class CostEstimate:
+    """A frame's cost (ms): the running mean (newest weighted COST_ALPHA) and a bound, the
+    slowest of the last COST_WINDOW samples, which the next one seldom exceeds (about one
+    time in COST_WINDOW + 1 whatever the distribution: a machine's occasional stalls count).
+
+    A cold sample (``update(ms, cold=True)``: the first frame of a stream or of a new
+    resolution, which pays one-time costs) stands in for the mean only until a warm one is
+    measured, and never bounds: one slow start says little about the next frames."""
+
+    def __init__(self) -> None:
+        self._mean: float | None = None
+        self._cold: float | None = None
+        self._recent: collections.deque[float] = collections.deque(maxlen=COST_WINDOW)
+
+    @property
+    def mean(self) -> float | None:
+        """The running mean; the cold sample until a warm one exists."""
+        return self._mean if self._mean is not None else self._cold
+
+    @property
+    def warm_mean(self) -> float | None:
+        """The running mean of the warm samples only (None before one)."""
+        return self._mean
+
+    @property
+    def bound(self) -> float | None:
+        """The slowest of the last COST_WINDOW warm samples; None before COST_MIN_SAMPLES."""
+        return max(self._recent) if len(self._recent) >= COST_MIN_SAMPLES else None
+
+    def update(self, ms: float, *, cold: bool = False) -> None:
+        ms = float(ms)
+        if not math.isfinite(ms):
+            return
+        if cold:
+            self._cold = ms
+            return
+        self._recent.append(ms)
+        self._mean = ms if self._mean is None else COST_ALPHA * ms + (1.0 - COST_ALPHA) * self._mean
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamLoad:
+    """One camera as the shared worker sees it when a frame starts (times in ms from then).
+
+    ``next_arrival_ms``: when its next frame is due (clamped to >= 0); ``frame_ms``: the
+    worker time one of its propagated frames takes; ``waiting_since_ms``: the arrival (<= 0)
+    of its frame waiting in the worker's slot, None when none waits; ``claim_ms``: what its
+    first frame ahead (the waiting one, else the next) is counted as costing, when it has
+    the prior claim to a key frame (None: ``frame_ms``).
+    """
+
+    period_ms: float
+    next_arrival_ms: float
+    frame_ms: float
+    waiting_since_ms: float | None = None
+    claim_ms: float | None = None
+
+
+def key_budget_ms(streams: list[StreamLoad], current: int, *,
+                  horizon_frames: int = BUDGET_HORIZON_FRAMES) -> float:
+    """The most worker time the frame starting now, of ``streams[current]``, may take
+    without a later frame of any stream being dropped, when every later frame is propagated.
+
+    The worker serves frames oldest first; a frame is dropped when the next frame of its
+    stream arrives before the worker has started it, so each frame's deadline is its
+    stream's next arrival. With the frame costing its stream's ``frame_ms`` the schedule
+    ahead is simulated; an extra x ms on this frame delays a later start by x less the idle
+    time before it, so the budget is ``frame_ms`` + the least (deadline - start + idle so
+    far) over the frames ahead, up to ``horizon_frames`` periods of the fastest stream or
+    until the idle time exceeds that least value. Below ``frame_ms`` the stream cannot even keep up
+    by propagating. A stream with a ``claim_ms`` (one that has waited longer for its key
+    frame) is counted with that cost for its first frame ahead, so the time its key frame
+    needs is not given to this one: the cameras take turns.
+    """
+    if not 0 <= current < len(streams):
+        raise ValueError(f"current must index streams (0..{len(streams) - 1}), got {current}")
+    if horizon_frames < 1:
+        raise ValueError(f"horizon_frames must be >= 1, got {horizon_frames}")
+    for s in streams:
+        if not (s.period_ms > 0 and math.isfinite(s.period_ms)):
+            raise ValueError(f"a stream's period must be a positive number, got {s.period_ms}")
+    # Up to the time every stream's arrivals are known (the fastest one's horizon).
+    end = min(max(0.0, s.next_arrival_ms) + horizon_frames * s.period_ms for s in streams)
+    frames = []  # (arrival, deadline, cost)
+    for i, s in enumerate(streams):
+        nxt = max(0.0, float(s.next_arrival_ms))
+        first = s.frame_ms if s.claim_ms is None or i == current else s.claim_ms
+        if s.waiting_since_ms is not None:
+            frames.append((min(0.0, float(s.waiting_since_ms)), nxt, first))
+            first = s.frame_ms
+        arrival = nxt
+        while arrival < end:
+            frames.append((arrival, arrival + s.period_ms, first))
+            first = s.frame_ms
+            arrival += s.period_ms
+    frames.sort(key=lambda f: f[0])
+    own = float(streams[current].frame_ms)
+    t, idle, slack = own, 0.0, math.inf
+    for arrival, deadline, cost in frames:
+        if arrival > t:
+            idle += arrival - t
+            t = arrival
+        slack = min(slack, deadline - t + idle)
+        if idle >= slack:
+            break
+        t += cost
+    return own + slack
 
 
 class KeyFrameScheduler:
@@ -139,12 +277,18 @@ class KeyFrameScheduler:
         self._requested = reason
 
     def pre_decision(self, frame_shape: tuple[int, ...], *, budget_ms: float | None = None,
-                     key_cost_ms: float | None = None) -> str | None:
+                     key_cost_ms: float | None = None,
+                     key_mean_ms: float | None = None) -> str | None:
         """A key reason for this frame before any work on it, or None.
 
         ``budget_ms`` and ``key_cost_ms`` (budget policy): the time this frame may take
-        before the stream falls behind, and what a key frame is expected to cost; the frame
-        is key when it fits (or nothing has been measured yet)."""
+        before a frame is dropped (:func:`key_budget_ms`), and what a key frame costs (a
+        :class:`CostEstimate` bound); the frame is key when it fits. Offline (no budget) it
+        keys every ``key_interval`` frames, like ``fixed``. Before enough key frames have
+        been measured to bound the next one (no ``key_cost_ms``) it keys every
+        ``key_interval`` frames where the expected cost ``key_mean_ms`` (the warm mean;
+        None: nothing measured yet) fits the budget, and otherwise waits for
+        ``max_interval``."""
         shape = tuple(int(s) for s in frame_shape)
         self._frame_shape = shape
         distance = self.propagation_distance + 1  # this frame's distance if it is not key
@@ -163,9 +307,13 @@ class KeyFrameScheduler:
             reason = REASON_MAX_INTERVAL
         elif self.cfg.policy == "budget" and budget_ms is None:
             reason = REASON_INTERVAL if distance >= self.cfg.key_interval else None
+        elif self.cfg.policy == "budget" and key_cost_ms is None:
+            # too few key frames measured to bound the next one's cost: key_interval apart
+            # where an average one fits
+            fits = key_mean_ms is None or key_mean_ms <= budget_ms
+            reason = REASON_INTERVAL if distance >= self.cfg.key_interval and fits else None
         elif self.cfg.policy == "budget":
-            fits = key_cost_ms is None or key_cost_ms <= budget_ms
-            reason = REASON_SLACK if fits else None
+            reason = REASON_SLACK if key_cost_ms <= budget_ms else None
         else:
             reason = None
         self._frame_reason = reason

@@ -27,6 +27,7 @@ from davss_ros.ros.image import image_to_rgb, rgb_to_compressed
 from davss_ros.ros.label_info import label_info_class
 from davss_ros.ros.params import cameras_from
 from davss_ros.ros.qos import latched_qos
+from davss_ros.schedule import COST_MIN_SAMPLES
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 
@@ -125,28 +126,31 @@ def test_labels_confidence_and_label_info_pair_by_exact_stamp_for_every_frame(sm
 
 def test_budget_schedule_keys_when_there_is_time_and_propagates_when_behind():
     """The full-size untrained network (a key frame takes tens of ms here): at 2 Hz every
-    frame has time for a key frame; at 30 Hz there is not, so frames are propagated, with
-    a key frame at the latest after max_interval."""
+    frame has time for a key frame (once enough warm key frames have been measured: before,
+    every key_interval frames); at 30 Hz there is not, so frames are propagated, with a key
+    frame at the latest after max_interval."""
     domain = _domain_id()
     probe = Probe(domain)
     probe.listen("/davss_segmenter/frame_info", FrameInfo)
     seg = Segmenter(domain, {"model.checkpoint": "untrained", "model.device": "cpu",
                              "model.threads": 1, "schedule.policy": "budget",
-                             "schedule.max_interval": 6})
+                             "schedule.max_interval": 6, "schedule.key_interval": 1})
     node = seg.node
     assert node.trigger_configure() == SUCCESS, node._configure_error
     assert node.trigger_activate() == SUCCESS
     try:
         probe.wait_matched(["/image"], ["/davss_segmenter/frame_info"])
         slow = []
-        for i in range(4):
+        for i in range(COST_MIN_SAMPLES + 3):
             # the first frame again until answered: best effort drops what comes before the
             # node's side of the discovery has matched the camera
             slow += send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", [frame(i)],
                                      resend_first_s=1.0 if i == 0 else None)
             time.sleep(0.5)
-        assert all(m.is_key_frame for m in slow)
-        assert {m.key_reason for m in slow[2:]} == {"slack"}
+        # the first frame (cold), key_interval ones until their cost is known, then slack
+        n = COST_MIN_SAMPLES + 1
+        assert [m.key_reason for m in slow[:n]] == ["first_frame"] + ["interval"] * (n - 1)
+        assert {m.key_reason for m in slow[n:]} == {"slack"}
         key_ms = node.segmenter.expected_ms["key"]
         assert key_ms > 2 * 1000 / 30 / 3  # it does not fit a 30 Hz budget with room to spare
         probe.clear()

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
 from davss_ros.config import ScheduleConfig
-from davss_ros.schedule import KeyFrameScheduler, photometric_error
+from davss_ros.schedule import (
+    COST_MIN_SAMPLES,
+    COST_WINDOW,
+    CostEstimate,
+    KeyFrameScheduler,
+    StreamLoad,
+    key_budget_ms,
+    photometric_error,
+)
 
 SHAPE = (3, 32, 64)
 CALM = {"distortion_mean": 0.05, "distortion_ratio": 0.05, "photometric_error": 0.02}
@@ -211,8 +221,25 @@ def test_budget_policy_keys_when_a_key_frame_fits_and_propagates_when_it_does_no
         decisions.append(reason)
         s.commit(is_key=reason is not None)
     assert decisions == [None, None, None, "max_interval"]
-    # nothing measured yet: a key frame is tried
-    assert s.pre_decision(shape, budget_ms=5.0, key_cost_ms=None) == "slack"
+
+
+def test_budget_policy_keys_every_key_interval_frames_until_a_key_cost_bound_is_known():
+    s = KeyFrameScheduler(ScheduleConfig(policy="budget", key_interval=3, max_interval=10))
+    out = []
+    for _ in range(7):
+        reason = s.pre_decision((8, 8, 3), budget_ms=80.0, key_cost_ms=None)
+        out.append(reason)
+        s.commit(is_key=reason is not None)
+    assert out == ["first_frame", None, None, "interval", None, None, "interval"]
+    # ... where an average key frame fits; where it does not, max_interval decides
+    out = []
+    for _ in range(11):
+        reason = s.pre_decision((8, 8, 3), budget_ms=60.0, key_cost_ms=None, key_mean_ms=70.0)
+        out.append(reason)
+        s.commit(is_key=reason is not None)
+    assert out == [None] * 10 + ["max_interval"]
+    assert s.pre_decision((8, 8, 3), budget_ms=80.0, key_cost_ms=None,
+                          key_mean_ms=70.0) is None  # distance 1 < key_interval
 
 
 def test_budget_policy_without_a_budget_keys_every_key_interval_frames():
@@ -223,3 +250,204 @@ def test_budget_policy_without_a_budget_keys_every_key_interval_frames():
         out.append(reason is not None)
         s.commit(is_key=reason is not None)
     assert out == [True, False, False, True, False, False, True]
+
+
+def test_cost_estimate_bound_is_the_slowest_of_the_recent_samples():
+    c = CostEstimate()
+    assert c.mean is None and c.bound is None
+    c.update(60.0)
+    assert c.mean == 60.0 and c.bound is None  # too few to bound the next one
+    c.update(50.0)
+    assert c.mean == pytest.approx(0.2 * 50 + 0.8 * 60)
+    for _ in range(COST_MIN_SAMPLES - 2):
+        c.update(50.0)
+    assert c.bound == 60.0
+    for _ in range(COST_WINDOW - COST_MIN_SAMPLES):  # the slow one is still in the window
+        c.update(50.0)
+    assert c.bound == 60.0
+    c.update(50.0)  # now it has left the window
+    assert c.bound == 50.0
+    c.update(float("nan"))  # a broken measurement changes nothing
+    assert c.bound == 50.0
+
+
+def test_a_cold_start_cost_stands_in_only_until_a_warm_one_is_measured():
+    c = CostEstimate()
+    c.update(85.0, cold=True)  # the first key frame of a stream: one-time costs
+    assert c.mean == 85.0 and c.bound is None  # nothing to bound the next one with
+    for _ in range(COST_MIN_SAMPLES):
+        c.update(55.0)
+    assert c.mean == 55.0 and c.bound == 55.0  # not pulled up by the slow start
+    c.update(90.0, cold=True)  # a later restart does not disturb a warm estimate
+    assert c.mean == 55.0
+
+
+# ----------------------------------------------------------------- key_budget_ms (one camera)
+
+P30 = 1000.0 / 30
+
+
+def test_one_camera_budget_is_two_periods_less_the_lateness():
+    """The next frame may wait in the slot until the one after it arrives: a frame started L
+    late may take 2P - L, whatever a propagated frame costs."""
+    for late in (0.0, 5.0, 20.0):
+        for nonkey in (5.0, 14.0):
+            load = StreamLoad(period_ms=P30, next_arrival_ms=P30 - late, frame_ms=nonkey)
+            assert key_budget_ms([load], 0) == pytest.approx(2 * P30 - late)
+
+
+def test_one_camera_budget_with_a_frame_already_waiting_ends_at_its_successor():
+    # The worker is more than a period late: the next frame already waits and is dropped
+    # when the one after it arrives, 10 ms from now.
+    load = StreamLoad(period_ms=P30, next_arrival_ms=10.0, frame_ms=14.0,
+                      waiting_since_ms=-P30 + 10.0)
+    assert key_budget_ms([load], 0) == pytest.approx(10.0)
+
+
+def test_overloaded_camera_has_a_budget_below_its_propagated_frame():
+    # Propagated frames of 40 ms at 30 Hz fall behind by themselves: nothing fits.
+    load = StreamLoad(period_ms=P30, next_arrival_ms=P30, frame_ms=40.0)
+    assert key_budget_ms([load], 0) < 40.0
+
+
+def test_two_cameras_budget_leaves_the_other_cameras_frames_their_deadlines():
+    p = 2 * P30  # 15 Hz each; camera 1 arrives half a period after camera 0
+    cam0 = StreamLoad(period_ms=p, next_arrival_ms=p, frame_ms=14.0)
+    # camera 1's frame arrived 10 ms ago and waits: it must start before its next frame
+    # arrives, p - 10 ms from now.
+    cam1 = StreamLoad(period_ms=p, next_arrival_ms=p - 10.0, frame_ms=14.0,
+                      waiting_since_ms=-10.0)
+    assert key_budget_ms([cam0, cam1], 0) == pytest.approx(p - 10.0)
+    # Nothing waiting, camera 1 due in half a period. Its frame (due p/2, deadline 3p/2)
+    # starts at p/2 after p/2 - 14 ms idle: 3p/2 - p/2 + (p/2 - 14) = 3p/2 - 14 to spare.
+    # Camera 0's next (due p, deadline 2p) starts at p after p - 28 ms idle in all:
+    # 2p - p + (p - 28) = 2p - 28 to spare. The budget is 14 ms + the smaller.
+    cam1 = StreamLoad(period_ms=p, next_arrival_ms=p / 2, frame_ms=14.0)
+    assert key_budget_ms([cam0, cam1], 0) == pytest.approx(14.0 + min(3 * p / 2 - 14.0,
+                                                                         2 * p - 28.0))
+    assert key_budget_ms([cam0, cam1], 0) < key_budget_ms([cam0], 0)  # sharing costs time
+
+
+def test_a_camera_propagated_longer_keeps_the_time_of_its_key_frame():
+    p = 2 * P30
+    cam0 = StreamLoad(period_ms=p, next_arrival_ms=p, frame_ms=14.0)
+    cam1 = StreamLoad(period_ms=p, next_arrival_ms=p / 2, frame_ms=14.0)
+    claimed = StreamLoad(period_ms=p, next_arrival_ms=p / 2, frame_ms=14.0, claim_ms=56.0)
+    # camera 1's next frame counted as a 56 ms key frame: 42 ms less for camera 0's next
+    # deadline, while camera 1's own deadline is unchanged
+    free = key_budget_ms([cam0, cam1], 0)
+    assert key_budget_ms([cam0, claimed], 0) == pytest.approx(
+        14.0 + min(3 * p / 2 - 14.0, 2 * p - 28.0 - 42.0))
+    assert key_budget_ms([cam0, claimed], 0) < free
+    # the claim is another camera's: a stream's own claim changes nothing for itself
+    assert key_budget_ms([claimed, cam0], 0) == key_budget_ms([cam1, cam0], 0)
+
+
+def test_key_budget_rejects_bad_input():
+    load = StreamLoad(period_ms=P30, next_arrival_ms=P30, frame_ms=10.0)
+    with pytest.raises(ValueError, match="current"):
+        key_budget_ms([load], 1)
+    with pytest.raises(ValueError, match="period"):
+        key_budget_ms([StreamLoad(period_ms=0.0, next_arrival_ms=0.0, frame_ms=1.0)], 0)
+
+
+# ---------------------------------------------- the budget policy on a simulated worker
+# A deterministic model of the node's worker (one waiting frame per camera, the oldest
+# served first, a frame replaced by its camera's next one is dropped) with fixed frame
+# costs: the scheduler decides, the model keeps the time. No clocks involved.
+
+
+def run_worker(policy: str, cameras: list[tuple[float, float]], key_ms: float, nonkey_ms: float,
+               frames: int, **cfg) -> list[dict]:
+    """cameras: (period, phase) in ms. Returns per camera: key frames, processed, dropped."""
+    scheds = [KeyFrameScheduler(ScheduleConfig(policy=policy, **cfg)) for _ in cameras]
+    costs = [CostEstimate() for _ in cameras]  # key frame costs, as the pipeline keeps them
+    out = [{"keys": 0, "processed": 0, "dropped": 0, "reasons": Counter()} for _ in cameras]
+    arrivals = sorted((phase + i * period, c) for c, (period, phase) in enumerate(cameras)
+                      for i in range(frames))
+    slots: dict[int, float] = {}  # camera -> arrival of its waiting frame, oldest first
+    last = [None] * len(cameras)
+    free = 0.0  # when the worker is next free
+    k = 0
+    while k < len(arrivals) or slots:
+        if not slots or (k < len(arrivals) and arrivals[k][0] < free):
+            t, c = arrivals[k]
+            k += 1
+            last[c] = t
+            if c in slots:  # the waiting frame is replaced: dropped
+                out[c]["dropped"] += 1
+                del slots[c]
+            slots[c] = t
+            free = max(free, t) if len(slots) == 1 and free < t else free
+            continue
+        c = next(iter(slots))
+        del slots[c]
+        now = free
+        budget = None
+        if policy == "budget":
+            mine = scheds[c].propagation_distance
+            loads = [StreamLoad(period_ms=p, next_arrival_ms=last[i] + p - now,
+                                frame_ms=nonkey_ms,
+                                waiting_since_ms=(slots[i] - now) if i in slots else None,
+                                claim_ms=costs[i].bound if scheds[i].propagation_distance
+                                > mine else None)
+                     for i, (p, _) in enumerate(cameras) if last[i] is not None]
+            current = [i for i in range(len(cameras)) if last[i] is not None].index(c)
+            budget = key_budget_ms(loads, current)
+        reason = scheds[c].pre_decision(SHAPE, budget_ms=budget, key_cost_ms=costs[c].bound,
+                                        key_mean_ms=costs[c].warm_mean)
+        scheds[c].commit(is_key=reason is not None)
+        if reason is not None:
+            costs[c].update(key_ms, cold=reason == "first_frame")
+        out[c]["keys"] += reason is not None
+        out[c]["reasons"][reason] += 1
+        out[c]["processed"] += 1
+        free = now + (key_ms if reason is not None else nonkey_ms)
+    return out
+
+
+def test_budget_keys_more_than_fixed_without_dropping_when_there_is_slack():
+    # 30 Hz, key 56 ms, propagated 14 ms: a key frame does not fit one period, but the slot
+    # and the time saved on propagated frames leave room for one every other frame.
+    fixed = run_worker("fixed", [(P30, 0.0)], 56.0, 14.0, 90, key_interval=5)[0]
+    budget = run_worker("budget", [(P30, 0.0)], 56.0, 14.0, 90, max_interval=10)[0]
+    assert budget["dropped"] == 0 and budget["processed"] == 90
+    assert budget["keys"] >= 2 * fixed["keys"] == 36
+
+
+def test_budget_drops_only_on_forced_key_frames_when_key_frames_never_fit():
+    # A key frame (75 ms) longer than two periods at 30 Hz always costs a frame: fixed 5
+    # pays on most of its keys, budget only on the ones max_interval forces.
+    fixed = run_worker("fixed", [(P30, 0.0)], 75.0, 14.0, 90, key_interval=5)[0]
+    budget = run_worker("budget", [(P30, 0.0)], 75.0, 14.0, 90, max_interval=10)[0]
+    assert budget["keys"] >= 8  # one key frame at the latest every max_interval + 1 frames
+    assert budget["dropped"] <= budget["keys"] < fixed["dropped"]
+
+
+def test_budget_shares_one_worker_between_two_cameras_without_dropping():
+    # Two cameras at 15 Hz, the second half a period after the first, one worker.
+    cams = [(2 * P30, 0.0), (2 * P30, P30)]
+    out = run_worker("budget", cams, 56.0, 14.0, 45, max_interval=10)
+    fixed = run_worker("fixed", cams, 56.0, 14.0, 45, key_interval=5)
+    for cam, ref in zip(out, fixed, strict=True):
+        assert cam["dropped"] == 0 and cam["processed"] == 45
+        assert cam["keys"] > ref["keys"]
+
+
+def test_budget_keys_every_frame_when_the_machine_is_fast_enough():
+    out = run_worker("budget", [(500.0, 0.0)], 56.0, 14.0, 10, max_interval=10,
+                     key_interval=1)[0]
+    assert out["keys"] == 10 and out["dropped"] == 0
+    assert set(out["reasons"]) == {"first_frame", "interval", "slack"}
+
+
+def test_budget_propagates_every_frame_but_the_forced_ones_when_overloaded():
+    # Propagated frames alone cannot keep up (40 ms at 30 Hz): no key frame ever fits.
+    out = run_worker("budget", [(P30, 0.0)], 56.0, 40.0, 90, max_interval=10)[0]
+    # the first key_interval one tells the cost; after it, only max_interval keys
+    assert out["reasons"]["first_frame"] == out["reasons"]["interval"] == 1
+    assert out["reasons"]["max_interval"] >= 5 and out["reasons"]["slack"] == 0
+    # Propagated frames that keep up with a little to spare (30 ms) bank it: after a
+    # forced key frame the lead grows back until a key frame fits again.
+    out = run_worker("budget", [(P30, 0.0)], 56.0, 30.0, 90, max_interval=10)[0]
+    assert out["reasons"]["slack"] > 0 and out["dropped"] == 0

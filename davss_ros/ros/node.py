@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import posixpath
 import signal
@@ -74,6 +75,7 @@ from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from davss_msgs.msg import FrameInfo
+from davss_ros.schedule import COLD_KEY_REASONS, CostEstimate, StreamLoad, key_budget_ms
 
 from . import params as P
 from .diagnostics import FrameRecord, SegmenterStats, build_status
@@ -134,11 +136,13 @@ class _Camera:
     info_sub: object = None
     camera_info: CameraInfo | None = None  # the newest, republished with each frame
     framed_size: tuple[int, int] | None = None
-    # Running average of the arrival intervals (s) and of the worker time one frame of this
-    # camera takes (ms): the budget policy's view of the load.
+    # The budget policy's view of the load: the newest arrival and the running average of
+    # the arrival intervals (s), the arrival of the frame the worker took last (s), and the
+    # worker's time per frame beyond the pipeline step (decoding, publishing; ms).
     last_arrival: float | None = None
     arrival_period: float | None = None
-    cost_ms: float | None = None
+    taken: float | None = None
+    overhead: CostEstimate | None = None
     # publisher gid -> last publication sequence number seen (frames lost in transport)
     last_seq: OrderedDict = field(default_factory=OrderedDict)
 
@@ -258,7 +262,8 @@ class SegmenterNode(LifecycleNode):
             qos = input_qos(self._settings.reliability)
             for cam in self._cameras:
                 cam.last_seq = OrderedDict()  # a new subscription: gaps start afresh
-                cam.last_arrival = cam.arrival_period = cam.cost_ms = None
+                cam.last_arrival = cam.arrival_period = cam.taken = None
+                cam.overhead = CostEstimate()
                 cam.sub = self.create_subscription(
                     CompressedImage if compressed else Image,
                     f"{cam.topic}/compressed" if compressed else cam.topic,
@@ -619,6 +624,7 @@ class SegmenterNode(LifecycleNode):
                 record.record_discard()  # taken while leaving the active state
                 return
             t0 = time.perf_counter()
+            cam.taken = received
             try:
                 rgb = (compressed_to_rgb(msg) if isinstance(msg, CompressedImage)
                        else image_to_rgb(msg))
@@ -655,34 +661,46 @@ class SegmenterNode(LifecycleNode):
         if result.key_reason in FORCED_KEY_REASONS:
             record.record_forced_key(result.key_reason)
         self._publish(cam, msg, rgb, result, received, t0, t1, t2)
-        spent = (time.perf_counter() - t0) * 1e3
-        cam.cost_ms = spent if cam.cost_ms is None else 0.2 * spent + 0.8 * cam.cost_ms
+        if cam.overhead is not None:
+            spent = (time.perf_counter() - t0) * 1e3
+            cam.overhead.update(spent - result.timings_ms["total"],
+                                cold=result.key_reason in COLD_KEY_REASONS)
 
     def _budget_ms(self, cam: _Camera, received: float, started: float) -> float | None:
-        """The time this frame may take before its camera falls behind (budget policy).
+        """The time this frame's pipeline step may take before a frame of any camera is
+        dropped (budget policy; ``schedule.key_budget_ms``).
 
-        The next frame can wait in the camera's slot, so this frame and the next together
-        have two frame periods from this frame's arrival; what is already spent waiting
-        and what the next frame will cost (a non-key frame) come off. The period is the
-        running average of the camera's arrival intervals. The worker is shared: the other
-        cameras' share of its time (each one's running cost per frame over its period, at
-        their present mix of key and non-key frames) is not this camera's to spend. With one
-        camera that share is 0."""
-        period = cam.arrival_period
-        if period is None:
+        Each camera as the worker sees it at ``started``: its period (the running average
+        of its arrival intervals), its next arrival (its newest plus a period), whether a
+        frame of it waits in the worker's slot, and what one of its propagated frames costs
+        the worker (the step's running time plus decoding and publishing). A camera gone
+        quiet (no frame for four periods) takes no time; a camera propagated for longer
+        than this one has its next frame counted as a key frame (its claim comes first).
+        What this frame spends outside the step comes off. One camera is the same
+        computation with one stream."""
+        if cam.arrival_period is None or cam.overhead is None:
             return None
-        others = 0.0
+        mine = cam.seg.scheduler.propagation_distance
+        loads, current = [], 0
         for other in self._cameras:
-            p, cost, last = other.arrival_period, other.cost_ms, other.last_arrival
-            if other is cam or p is None or cost is None or last is None:
+            p, last, seg = other.arrival_period, other.last_arrival, other.seg
+            if other is not cam and (p is None or last is None or other.overhead is None
+                                     or seg is None or started - last > 4.0 * p):
                 continue
-            if received - last > 4.0 * p:  # a camera gone quiet takes no time
-                continue
-            others += cost / (p * 1e3)
-        share = max(0.0, 1.0 - others)
-        late_ms = (started - received) * 1e3
-        nonkey = cam.seg.expected_ms["nonkey"] or 0.0
-        return 2.0 * period * 1e3 * share - late_ms - nonkey
+            if other is cam:
+                current = len(loads)
+                last = max(last if last is not None else received, received)
+            waiting = last > (other.taken if other.taken is not None else -math.inf)
+            overhead = other.overhead.mean or 0.0
+            key = seg.key_cost_bound_ms
+            loads.append(StreamLoad(
+                period_ms=p * 1e3, next_arrival_ms=(last + p - started) * 1e3,
+                frame_ms=(seg.expected_ms["nonkey"] or 0.0) + overhead,
+                waiting_since_ms=(last - started) * 1e3 if waiting else None,
+                # propagated for longer than this camera: its next key frame comes first
+                claim_ms=key + overhead if key is not None
+                and seg.scheduler.propagation_distance > mine else None))
+        return key_budget_ms(loads, current) - (cam.overhead.mean or 0.0)
 
     def _publish(self, cam: _Camera, msg: Image, rgb: np.ndarray, result, received: float,
                  t0: float, t1: float, t2: float) -> None:

@@ -115,6 +115,31 @@ def test_video_file_uses_its_frame_rate(tmp_path):
     assert np.abs(first - np.array([200, 80, 0])).max() < 12  # RGB order, JPEG-close
 
 
+def _jpeg_luma_sampling(data: bytes) -> int:
+    """The first component's (luma's) sampling-factor byte of a baseline JPEG (SOF0)."""
+    at = data.index(b"\xff\xc0")
+    return data[at + 11]
+
+
+def test_compressed_jpeg_bags_keep_full_colour_resolution_unless_420_is_asked(tmp_path, clip):
+    sizes = {}
+    for name, extra in (("default", []), ("420", ["--chroma", "420"])):
+        out = tmp_path / name
+        assert davss(["make-bag", "--synthetic", "--frames", str(FRAMES), "--height", str(H),
+                      "--width", str(W), "--seed", str(SEED), "--compressed", "-o", str(out),
+                      "--no-progress", *extra]) == 0
+        _, msgs = _read_all(out)
+        frames = msgs["/camera/image_raw/compressed"]
+        assert len(frames) == FRAMES
+        data = [bytes(m.data) for _, m in frames]
+        assert all(m.format == "rgb8; jpeg compressed bgr8" for _, m in frames)
+        assert {_jpeg_luma_sampling(d) for d in data} == {0x11 if name == "default" else 0x22}
+        sizes[name] = sum(len(d) for d in data)
+        first = cv2.imdecode(np.frombuffer(data[0], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        assert np.abs(first.astype(int) - clip.images[0]).mean() < 4
+    assert sizes["420"] < sizes["default"]  # the trade-off: full colour costs bytes
+
+
 def test_existing_output_is_refused_with_exit_code_2(tmp_path, capsys):
     out = tmp_path / "bag"
     out.mkdir()

@@ -162,6 +162,31 @@ def test_jpeg_keeps_the_colours_in_rgb_order():
     assert np.abs(out[:, -20:].astype(int) - rgb[:, -20:]).max() < 20
 
 
+def _jpeg_sampling(data: bytes) -> list[int]:
+    """The sampling-factor byte of each component in a baseline JPEG's SOF0 segment."""
+    at = data.index(b"\xff\xc0")
+    n = data[at + 9]
+    return [data[at + 10 + 3 * i + 1] for i in range(n)]
+
+
+def test_jpeg_keeps_full_colour_resolution_unless_420_is_asked():
+    from davss_ros.ros.image import JPEG_QUALITY, encode_compressed
+
+    _, data = encode_compressed(_scene(), "jpeg")
+    assert _jpeg_sampling(data) == [0x11, 0x11, 0x11]  # 4:4:4: no chroma subsampling
+    _, sub = encode_compressed(_scene(), "jpeg", chroma="420")
+    assert _jpeg_sampling(sub) == [0x22, 0x11, 0x11]  # luma 2x2 per chroma sample
+    assert len(sub) < len(data)
+    _, lower = encode_compressed(_scene(), "jpeg", quality=JPEG_QUALITY - 20)
+    assert len(lower) < len(data)
+    _, mono = encode_compressed(_scene()[:, :, 0].copy(), "jpeg")
+    assert _jpeg_sampling(mono) == [0x11]
+    with pytest.raises(ValueError, match="chroma"):
+        encode_compressed(_scene(), "jpeg", chroma="422")
+    with pytest.raises(ValueError, match="quality"):
+        encode_compressed(_scene(), "jpeg", quality=0)
+
+
 def test_a_format_string_without_a_kind_is_told_from_the_data():
     from davss_ros.ros.image import compressed_kind, rgb_to_compressed
 

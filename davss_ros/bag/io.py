@@ -122,7 +122,7 @@ def image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
 
 
 def compressed_msg(rgb: np.ndarray, kind: str, stamp_ns: int, frame_id: str, *,
-                   quality: int = 90):
+                   quality: int | None = None, chroma: str | None = None):
     """A rosbags sensor_msgs/CompressedImage (JPEG or PNG) of an RGB or mono array, encoded
     as the node's compressed transport expects (davss_ros.ros.image.encode_compressed)."""
     from ..ros.image import encode_compressed
@@ -130,7 +130,7 @@ def compressed_msg(rgb: np.ndarray, kind: str, stamp_ns: int, frame_id: str, *,
     ts = typestore()
     Header = ts.types["std_msgs/msg/Header"]
     Time = ts.types["builtin_interfaces/msg/Time"]
-    fmt, data = encode_compressed(rgb, kind, quality=quality)
+    fmt, data = encode_compressed(rgb, kind, quality=quality, chroma=chroma)
     sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
     return ts.types[COMPRESSED_TYPE](
         header=Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame_id), format=fmt,

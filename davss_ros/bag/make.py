@@ -181,23 +181,26 @@ def write_bag(out: str | Path, frames: Iterator[Frame], *, rate: float = 30.0,
               image_topic: str = DEFAULT_IMAGE_TOPIC, labels_topic: str = DEFAULT_LABELS_TOPIC,
               frame_id: str = "camera", total: int | None = None,
               progress: bool = False, compressed: str | None = None,
-              quality: int = 90) -> BagSummary:
+              quality: int | None = None, chroma: str | None = None) -> BagSummary:
     """Write ``frames`` to a new bag at ``out``; stamps ``start_ns + i / rate``.
 
     The labels topic is created only when some frame has labels. ``compressed`` ('jpeg' or
-    'png'): CompressedImage on ``<image_topic>/compressed`` instead of Image. Raises
+    'png'): CompressedImage on ``<image_topic>/compressed`` instead of Image; ``quality``
+    and ``chroma`` (JPEG; None: the encoder's defaults, see ``encode_compressed``). Raises
     BagError when ``out`` exists or nothing was written; the partial bag is removed on any
     failure.
     """
     return write_cameras_bag(out, [Camera(frames, image_topic, labels_topic, frame_id)],
                              rate=rate, start_ns=start_ns, storage=storage, total=total,
-                             progress=progress, compressed=compressed, quality=quality)
+                             progress=progress, compressed=compressed, quality=quality,
+                             chroma=chroma)
 
 
 def write_cameras_bag(out: str | Path, cameras: list[Camera], *, rate: float = 30.0,
                       start_ns: int | None = None, storage: str = "mcap",
                       total: int | None = None, progress: bool = False,
-                      compressed: str | None = None, quality: int = 90) -> BagSummary:
+                      compressed: str | None = None, quality: int | None = None,
+                      chroma: str | None = None) -> BagSummary:
     """Write one or more cameras to a new bag: camera k's frame i at
     ``start_ns + (i + k / len(cameras)) / rate``, in time order (see :func:`write_bag`)."""
     from itertools import zip_longest
@@ -229,7 +232,8 @@ def write_cameras_bag(out: str | Path, cameras: list[Camera], *, rate: float = 3
                 t = start_ns + round((n + k / len(cameras)) * period)
                 if compressed:
                     writer.write(topic, t, compressed_msg(frame.rgb, compressed, t,
-                                                          cam.frame_id, quality=quality),
+                                                          cam.frame_id, quality=quality,
+                                                          chroma=chroma),
                                  COMPRESSED_TYPE)
                 else:
                     writer.write(topic, t, image_msg(frame.rgb, "rgb8", t, cam.frame_id),
@@ -281,8 +285,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compressed", nargs="?", const="jpeg", choices=("jpeg", "png"),
                         default=None, help="write sensor_msgs/CompressedImage on "
                         "TOPIC/compressed (jpeg unless png is given) instead of Image")
-    parser.add_argument("--quality", type=int, default=90,
-                        help="JPEG quality of --compressed (1..100)")
+    parser.add_argument("--quality", type=int, default=None,
+                        help="JPEG quality of --compressed (1..100; default 95)")
+    parser.add_argument("--chroma", choices=("444", "420"), default=None,
+                        help="JPEG chroma subsampling of --compressed: 444 (none, the "
+                        "default) or 420 (colour at half resolution: smaller, and the labels "
+                        "move further from the raw frames')")
     parser.add_argument("--cameras", type=int, default=1, metavar="N",
                         help="synthetic: N cameras, each its own clip (seed, seed+1, ...), on "
                         "/camera0/image_raw ... with /cameraK/labels_gt")
@@ -316,7 +324,7 @@ def _run(args: argparse.Namespace) -> BagSummary:
         raise BagError(f"--cameras must be >= 1, got {args.cameras}")
     if args.cameras > 1 and not args.synthetic:
         raise BagError("--cameras N > 1 goes with --synthetic (one clip per camera)")
-    if not 1 <= args.quality <= 100:
+    if args.quality is not None and not 1 <= args.quality <= 100:
         raise BagError(f"--quality must be in 1..100, got {args.quality}")
     for name in ("height", "width"):
         value = getattr(args, name)
@@ -343,7 +351,7 @@ def _run(args: argparse.Namespace) -> BagSummary:
         return write_cameras_bag(args.output, cameras, rate=rate or 30.0, start_ns=start_ns,
                                  storage=args.storage, total=total,
                                  progress=not args.no_progress, compressed=args.compressed,
-                                 quality=args.quality)
+                                 quality=args.quality, chroma=args.chroma)
     if args.synthetic:
         total = args.frames or 40
         frames = synthetic_frames(total, args.height or 256, args.width or 512, args.seed)
@@ -360,7 +368,7 @@ def _run(args: argparse.Namespace) -> BagSummary:
                      storage=args.storage, image_topic=args.topic,
                      labels_topic=args.labels_topic, frame_id=args.frame_id, total=total,
                      progress=not args.no_progress, compressed=args.compressed,
-                     quality=args.quality)
+                     quality=args.quality, chroma=args.chroma)
 
 
 def _take(frames: Iterator[Frame], n: int) -> Iterator[Frame]:

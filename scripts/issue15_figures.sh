@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 D=(.venv/bin/python -m davss_ros.cli)
 O=out/issue15
+S=${RUN:-}  # a suffix for the real-time outputs of a repeated run (RUN=_2: b_budget_2, ...)
 N=${FRAMES:-90}
 mkdir -p "$O"
 bag() { [ -e "$1" ] || "${D[@]}" make-bag --synthetic --frames "$N" --width 640 --height 480 \
@@ -13,22 +14,25 @@ bag() { [ -e "$1" ] || "${D[@]}" make-bag --synthetic --frames "$N" --width 640 
 bag "$O/cam0" --seed 0
 bag "$O/cam1" --seed 1 --start 1000.0333333333     # half a 15 Hz period after cam0
 bag "$O/two" --cameras 2 --seed 0                   # the same two clips in one bag
-bag "$O/cam0_jpeg" --seed 0 --compressed jpeg
+bag "$O/cam0_jpeg444q95" --seed 0 --compressed jpeg          # the default: 4:4:4, quality 95
+bag "$O/cam0_jpeg420q90" --seed 0 --compressed jpeg --quality 90 --chroma 420  # the old one
 bag "$O/cam0_png" --seed 0 --compressed png
 R=(--no-progress --no-plots --overwrite -p model.threads:=1)
 FIXED=(-p schedule.policy:=fixed -p schedule.key_interval:=5)
 BUDGET=(-p schedule.policy:=budget -p schedule.max_interval:=10)
 
 echo "== (a) two cameras at 15 Hz: one node, budget policy"
-"${D[@]}" replay "$O/two" --cameras --rate 1 "${R[@]}" "${BUDGET[@]}" --out "$O/a_one_node_budget"
+"${D[@]}" replay "$O/two" --cameras --rate 1 "${R[@]}" "${BUDGET[@]}" --out "$O/a_one_node_budget$S"
 echo "== (a) two cameras at 15 Hz: two nodes, fixed key interval 5, side by side"
-"${D[@]}" replay "$O/cam0" --rate 1 "${R[@]}" "${FIXED[@]}" --namespace n0 --out "$O/a_node0_fixed" &
-"${D[@]}" replay "$O/cam1" --rate 1 "${R[@]}" "${FIXED[@]}" --namespace n1 --out "$O/a_node1_fixed"
+"${D[@]}" replay "$O/cam0" --rate 1 "${R[@]}" "${FIXED[@]}" --namespace n0 --out "$O/a_node0_fixed$S" &
+"${D[@]}" replay "$O/cam1" --rate 1 "${R[@]}" "${FIXED[@]}" --namespace n1 --out "$O/a_node1_fixed$S"
 wait
 echo "== (b) one camera at 2x (30 Hz): fixed key interval 5, then budget"
-"${D[@]}" replay "$O/cam0" --rate 2 "${R[@]}" "${FIXED[@]}" --out "$O/b_fixed"
-"${D[@]}" replay "$O/cam0" --rate 2 "${R[@]}" "${BUDGET[@]}" --out "$O/b_budget"
+"${D[@]}" replay "$O/cam0" --rate 2 "${R[@]}" "${FIXED[@]}" --out "$O/b_fixed$S"
+"${D[@]}" replay "$O/cam0" --rate 2 "${R[@]}" "${BUDGET[@]}" --out "$O/b_budget$S"
+[ -n "$S" ] && exit 0  # a repeated run: the closed-loop (c) figures do not change
 echo "== (c) compressed bags against the raw one (closed loop)"
 "${D[@]}" replay "$O/cam0" "${R[@]}" --out "$O/c_raw"
-"${D[@]}" replay "$O/cam0_jpeg" "${R[@]}" --out "$O/c_jpeg" --reference "$O/c_raw"
+"${D[@]}" replay "$O/cam0_jpeg444q95" "${R[@]}" --out "$O/c_jpeg444q95" --reference "$O/c_raw"
+"${D[@]}" replay "$O/cam0_jpeg420q90" "${R[@]}" --out "$O/c_jpeg420q90" --reference "$O/c_raw"
 "${D[@]}" replay "$O/cam0_png" "${R[@]}" --out "$O/c_png" --reference "$O/c_raw"

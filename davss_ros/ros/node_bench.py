@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 
@@ -130,9 +131,11 @@ class _Rig:
             self._rclpy.try_shutdown(context=ctx)
 
 
-def _overrides(config, checkpoint, device, key_interval) -> dict:
+def _overrides(config, checkpoint, device, key_interval, key_segmenter=None) -> dict:
     overrides = {"model.device": device, "schedule.policy": "fixed",
                  "schedule.key_interval": key_interval}
+    if key_segmenter:
+        overrides["model.key_segmenter"] = str(key_segmenter)
     if config:
         overrides["model.config"] = config
     if checkpoint:
@@ -144,7 +147,8 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
                    config: str | None = None, checkpoint: str | None = None,
                    device: str = "auto", warmup: int = 5,
                    subscribe: tuple[str, ...] = ("labels",), key_interval: int = 5,
-                   domain_id: int | None = None, timeout: float = 30.0) -> dict:
+                   domain_id: int | None = None, timeout: float = 30.0,
+                   key_segmenter: str | None = None) -> dict:
     """Measure end-to-end latency and node overhead at ``width`` x ``height``.
 
     ``subscribe``: outputs the camera node subscribes to (``labels`` always; colour, overlay
@@ -152,7 +156,7 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
     Returns medians and 95th percentiles in milliseconds.
     """
     topics = ("labels",) + tuple(t for t in subscribe if t in OUTPUT_TOPICS and t != "labels")
-    with _Rig(_overrides(config, checkpoint, device, key_interval), topics,
+    with _Rig(_overrides(config, checkpoint, device, key_interval, key_segmenter), topics,
               domain_id=domain_id, timeout=timeout) as rig:
         node = rig.node
         rng = np.random.default_rng(0)
@@ -207,15 +211,16 @@ PEAK_MAX_DROPPED = 0.05
 def run_peak(width: int = 640, height: int = 480, *, seconds: float = 3.0,
              config: str | None = None, checkpoint: str | None = None, device: str = "auto",
              key_interval: int = 5, rates: tuple[float, ...] | None = None,
-             domain_id: int | None = None, timeout: float = 30.0, log=print) -> dict:
+             domain_id: int | None = None, timeout: float = 30.0, log=print,
+             key_segmenter: str | None = None) -> dict:
     """The highest camera rate the node holds with under 5 % of frames dropped.
 
     Frames are published open-loop at each rate for ``seconds`` (after a second of warm-up
     at that rate); a frame counts as dropped when no FrameInfo with its stamp came back.
     Rates double from 5 Hz until one fails, then a bisection narrows the edge to 5 %.
     """
-    with _Rig(_overrides(config, checkpoint, device, key_interval), ("labels",),
-              domain_id=domain_id, timeout=timeout) as rig:
+    with _Rig(_overrides(config, checkpoint, device, key_interval, key_segmenter),
+              ("labels",), domain_id=domain_id, timeout=timeout) as rig:
         rng = np.random.default_rng(1)
         texture = rng.integers(0, 256, (height, width + 64, 3), dtype=np.uint8)
         trials: list[dict] = []
@@ -298,6 +303,12 @@ def main_from_args(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(threads)
     width, height = getattr(args, "width", 640), getattr(args, "height", 480)
+    keys = list(getattr(args, "key_segmenter", None) or [])
+    if len(keys) > 1:
+        print("davss bench --node: give one --key-segmenter (the node runs one)",
+              file=sys.stderr)
+        return 2
+    key_segmenter = str(keys[0]) if keys else None
     camera = getattr(args, "camera", None)
     if camera:
         width, height = (int(v) for v in str(camera).lower().split("x"))
@@ -307,7 +318,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         result = run_peak(width, height, config=getattr(args, "config", None),
                           checkpoint=getattr(args, "checkpoint", None),
                           device=getattr(args, "device", "auto"),
-                          key_interval=getattr(args, "key_interval", 5))
+                          key_interval=getattr(args, "key_interval", 5),
+                          key_segmenter=key_segmenter)
         print(f"peak rate held: {result['peak_rate_hz']:.1f} frames/s ({result['mode']}, key "
               f"interval {result['key_interval']}, network {result['network_input'][0]}x"
               f"{result['network_input'][1]} on {result['device']})")
@@ -317,7 +329,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         width, height,
         getattr(args, "frames", 60), config=getattr(args, "config", None),
         checkpoint=getattr(args, "checkpoint", None), device=getattr(args, "device", "auto"),
-        key_interval=getattr(args, "key_interval", 5),
+        key_interval=getattr(args, "key_interval", 5), key_segmenter=key_segmenter,
         subscribe=OUTPUT_TOPICS if getattr(args, "all_outputs", False) else ("labels",))
     print(format_result(result))
     _write_json(getattr(args, "json", None), result)

@@ -971,7 +971,8 @@ class _Renderer:
             return rgb
         depth = np.minimum(zbuf.reshape(rgb.shape[:2]), np.float32(1e4))
         haze = (1.0 - np.exp(-depth / np.float32(DUSK_HAZE_M)))[..., None].astype(np.float32)
-        return rgb * DUSK_TINT * (1.0 - haze) + DUSK_HAZE * haze
+        lit = rgb * DUSK_TINT
+        return lit + (DUSK_HAZE - lit) * haze  # towards the haze colour with distance
 
     def _expose(self, rgb: np.ndarray, t: int) -> np.ndarray:
         scene = self.scene

@@ -33,6 +33,8 @@ from davss_ros.registry import DATASETS
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("poly", "step_half", "constant")
 DGFL_NORMS = ("mean", "sum_m")
+# What stage 4 learns the fused output against (see Stage4Config.target).
+REFINER_TARGETS = ("auto", "label", "segmenter")
 # Model fields that change inference only (a run's stages do not depend on them), left
 # out of the stage fingerprints so that setting them does not retrain anything.
 INFERENCE_ONLY = ("distortion_map",)
@@ -237,9 +239,9 @@ class TrainConfig:
         for n in (2, 4):
             if self.stage(n).max_distance < 1:
                 raise ValueError(f"stages.{n}.max_distance must be >= 1")
-        if self.stage4.target not in ("auto", "label", "segmenter"):
-            raise ValueError(f"stages.4.target must be auto, label or segmenter; got "
-                             f"{self.stage4.target!r}")
+        if self.stage4.target not in REFINER_TARGETS:
+            raise ValueError(f"stages.4.target must be one of {', '.join(REFINER_TARGETS)}; "
+                             f"got {self.stage4.target!r}")
         s3 = self.stage3
         if not 2 <= s3.min_distance <= s3.max_distance:
             raise ValueError(f"stages.3 needs 2 <= min_distance <= max_distance (F2 lies "

@@ -32,6 +32,7 @@ from davss_ros.model import DavssNet, PropagationState
 from davss_ros.model.flow import FlowProvider, LearnedFlow
 from davss_ros.model.step import quarter_image
 
+from .config import REFINER_TARGETS
 from .losses import (
     DDSSwitches,
     combine_dds,
@@ -323,5 +324,3 @@ class RefinerStep(nn.Module):
                 "M_mean": refined.detach().mean(), "floor": self.net.refiner.floor.detach(),
                 "slope": self.net.refiner.slope.detach()}
 
-
-REFINER_TARGETS = ("auto", "label", "segmenter")

@@ -18,6 +18,9 @@ bag "$O/cam0_jpeg444q95" --seed 0 --compressed jpeg          # the default: 4:4:
 bag "$O/cam0_jpeg420q90" --seed 0 --compressed jpeg --quality 90 --chroma 420  # the old one
 bag "$O/cam0_png" --seed 0 --compressed png
 R=(--no-progress --no-plots --overwrite -p model.threads:=1)
+# KEY=file: every node runs its key frames on that exported key segmenter (davss export
+# --onnx), the one-node and the two-node set-ups alike.
+[ -n "${KEY:-}" ] && R+=(-p "model.key_segmenter:=$KEY")
 FIXED=(-p schedule.policy:=fixed -p schedule.key_interval:=5)
 BUDGET=(-p schedule.policy:=budget -p schedule.max_interval:=10)
 

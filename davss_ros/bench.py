@@ -164,7 +164,7 @@ def _hog_pass(args: argparse.Namespace, config, modes: list[str],
 
 def run(args: argparse.Namespace) -> int:
     if args.node:
-        from .ros.node_bench import main_from_args
+        from .tools.node_bench import main_from_args
 
         return main_from_args(args)
     threads = set_threads(args.threads)

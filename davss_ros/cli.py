@@ -28,8 +28,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                "CCA, ablations, scheduling, upper bound)"),
     "export": ("davss_ros.export", "write a deployable (float16) copy of a checkpoint, or "
                "its segmenter as ONNX / TorchScript, checked against the source"),
-    "soak": ("davss_ros.ros.soak", "run the node for minutes under a camera stream: memory, "
+    "soak": ("davss_ros.tools.soak", "run the node for minutes under a camera stream: memory, "
              "latency drift, frame accounting"),
+    "shm": ("davss_ros.ros.shm", "FastDDS's shared memory in /dev/shm: room left; --clean "
+            "removes what dead processes left"),
     "import-authors": ("davss_ros.importers.authors", "the DAVSS authors' model as a checkpoint"),
 }
 

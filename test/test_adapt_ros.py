@@ -4,8 +4,6 @@ agreement with the teacher (a per-frame replay of the same bag)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 pytest.importorskip("rclpy", reason="the ROS 2 Python client library is not installed")
@@ -18,10 +16,11 @@ from davss_ros.bag.replay import ReplayOptions, replay  # noqa: E402
 from davss_ros.checkpoint import load_checkpoint  # noqa: E402
 from davss_ros.cli import main as davss  # noqa: E402
 from davss_ros.data.synthetic import SceneConfig, render_clip  # noqa: E402
+from davss_ros.tools.harness import unique_domain_id  # noqa: E402
 
 
 def _domain_id() -> int:
-    return 1 + (os.getpid() * 7919 + 31) % 200
+    return unique_domain_id()
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from davss_ros.tools.harness import unique_domain_id  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 # The recipe's colcon (this interpreter's), else one on PATH.
 VENV_COLCON = importlib.util.find_spec("colcon_core") is not None
@@ -171,7 +173,7 @@ def test_readme_recipe_builds_both_packages_and_the_installed_segmenter_answers_
     exe = install / "davss_ros" / "lib" / "davss_ros" / "segmenter"
     assert exe.read_text().splitlines()[0] == f"#!{sys.executable}"
 
-    domain = 1 + (os.getpid() * 7919) % 200
+    domain = unique_domain_id()
     probe = Probe(domain, "/davss_segmenter", "/cam/image_raw")
     # `source install/setup.bash`, then the installed executable (what `ros2 run` starts).
     proc = subprocess.Popen(

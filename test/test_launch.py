@@ -32,6 +32,8 @@ import time
 import pytest
 from ros_probe import Probe
 
+from davss_ros.tools.harness import unique_domain_id  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "segment.launch.py"
 STARTUP_S = 90.0  # torch import, model load and DDS discovery on a loaded 2-core machine
@@ -231,7 +233,7 @@ _domains = iter(range(0, 3))
 
 def _domain_id() -> int:
     # Unique per test process and test, so parallel runs do not see each other's topics.
-    return 1 + (os.getpid() * 7919 + 67 * next(_domains)) % 200
+    return unique_domain_id(salt=next(_domains))
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ so nothing is dropped and key-frame patterns are deterministic.
 from __future__ import annotations
 
 import array
-import os
 import threading
 import time
 
@@ -20,8 +19,6 @@ rclpy = pytest.importorskip("rclpy", reason="the ROS 2 Python client library is 
 pytest.importorskip("davss_msgs", reason="davss_msgs is not built into this environment")
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from lifecycle_msgs.srv import GetState  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -29,8 +26,10 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from davss_msgs.msg import FrameInfo, LabelInfo  # noqa: E402
 from davss_ros.ros.image import numpy_to_image  # noqa: E402
-from davss_ros.ros.node import SegmenterNode, ros_arguments  # noqa: E402
-from davss_ros.ros.spin import BackgroundSpin  # noqa: E402
+from davss_ros.ros.node import ros_arguments  # noqa: E402
+from davss_ros.tools.harness import Camera as Probe  # noqa: E402
+from davss_ros.tools.harness import Harness, unique_domain_id  # noqa: E402
+from davss_ros.tools.harness import NodeHost as Segmenter  # noqa: E402
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
@@ -49,102 +48,7 @@ model:
 
 def _domain_id() -> int:
     # Unique per test process, so parallel runs do not see each other's topics.
-    return 1 + (os.getpid() * 7919) % 200
-
-
-class Probe:
-    """A camera + recorder node in its own Context, spinning in a background thread."""
-
-    def __init__(self, domain_id: int, ns: str = "") -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("davss_test_probe", context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
-        self.executor.add_node(self.node)
-        self.cond = threading.Condition()
-        self.got: dict[str, list] = {}
-        self.subs: dict[str, object] = {}
-        self.pubs: dict[str, object] = {}
-        self.spin = BackgroundSpin(self.executor, name="probe_spin")
-
-    def listen(self, topic: str, msg_type, qos=None) -> None:
-        qos = qos or QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.got.setdefault(topic, [])
-
-        def store(msg, topic=topic):
-            with self.cond:
-                self.got[topic].append(msg)
-                self.cond.notify_all()
-
-        self.subs[topic] = self.node.create_subscription(msg_type, topic, store, qos)
-
-    def publisher(self, topic: str):
-        if topic not in self.pubs:
-            self.pubs[topic] = self.node.create_publisher(Image, topic, 10)  # reliable
-        return self.pubs[topic]
-
-    def wait(self, predicate, timeout: float = TIMEOUT) -> bool:
-        with self.cond:
-            return self.cond.wait_for(predicate, timeout=timeout)
-
-    def messages(self, topic: str) -> list:
-        with self.cond:
-            return list(self.got.get(topic, []))
-
-    def clear(self) -> None:
-        with self.cond:
-            for v in self.got.values():
-                v.clear()
-
-    def wait_matched(self, topics_in: list[str], topics_out: list[str],
-                     timeout: float = TIMEOUT) -> None:
-        """Until every publisher here sees a subscriber and every listener a publisher."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.publisher(t).get_subscription_count() > 0 for t in topics_in) and all(
-                    self.subs[t].get_publisher_count() > 0 for t in topics_out):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"no match on {topics_in} / {topics_out} within {timeout} s")
-
-    def close(self) -> None:
-        if self.spin.stop():
-            self.executor.shutdown(timeout_sec=2.0)
-            self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-class Segmenter:
-    """A SegmenterNode in its own Context with its own executor thread."""
-
-    def __init__(self, domain_id: int, overrides: dict, namespace: str = "") -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.nodes: list[SegmenterNode] = []
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
-        self.add(overrides, namespace)
-        self.spin = BackgroundSpin(self.executor, name="segmenter_spin")
-
-    def add(self, overrides: dict, namespace: str = "") -> SegmenterNode:
-        node = SegmenterNode(
-            context=self.context, namespace=namespace,
-            parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        self.executor.add_node(node)
-        self.nodes.append(node)
-        return node
-
-    @property
-    def node(self) -> SegmenterNode:
-        return self.nodes[0]
-
-    def close(self) -> None:
-        for node in self.nodes:
-            node.close()
-        if self.spin.stop():
-            self.executor.shutdown(timeout_sec=2.0)
-            for node in self.nodes:
-                node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+    return unique_domain_id()
 
 
 def frame(i: int, encoding: str = "rgb8", frame_id: str = "camera") -> Image:
@@ -246,27 +150,11 @@ def active(seg, probe):
     if node.state == "inactive":
         assert node.trigger_activate() == SUCCESS
     probe.wait_matched(["/image"], [t for t in probe.subs if t != "/diagnostics"])
-    # The node's publishers must see the probe's subscribers too (outputs that are only
-    # computed while subscribed).
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and not all(
-            p.get_subscription_count() > 0 for k, p in node._pubs.items()
-            if k not in ("label_info", "camera_info")):
-        time.sleep(0.05)
+    # The node's side of each match: its reader has the camera's writer, its writers see
+    # the probe's readers (outputs such as the overlay are computed only while subscribed).
+    seg.wait_input_matched()
+    seg.wait_outputs_seen([t for t in probe.subs if t != "/diagnostics"])
     return node
-
-
-def _lifecycle_state(probe: Probe, node_fqn: str) -> str:
-    client = probe.node.create_client(GetState, f"{node_fqn}/get_state")
-    try:
-        assert client.wait_for_service(timeout_sec=TIMEOUT)
-        future = client.call_async(GetState.Request())
-        done = threading.Event()
-        future.add_done_callback(lambda _f: done.set())
-        assert done.wait(TIMEOUT)
-        return future.result().current_state.label
-    finally:
-        probe.node.destroy_client(client)
 
 
 def _latest_status(probe: Probe, node_fqn: str, predicate=lambda s: True, timeout=TIMEOUT):
@@ -296,7 +184,7 @@ def test_configure_fails_on_a_missing_checkpoint_and_succeeds_after_the_fix(
     node.set_parameters([Parameter("model.checkpoint", value=str(missing))])
     assert node.trigger_configure() == FAILURE
     assert node.state == "unconfigured" and node.segmenter is None
-    assert _lifecycle_state(probe, "/davss_segmenter") == "unconfigured"
+    assert probe.lifecycle_state("/davss_segmenter") == "unconfigured"
     status = _latest_status(probe, "/davss_segmenter",
                             lambda s: "no_such_model.pt" in s.message)
     assert status.level == DiagnosticStatus.ERROR and "configure failed" in status.message
@@ -305,12 +193,12 @@ def test_configure_fails_on_a_missing_checkpoint_and_succeeds_after_the_fix(
     corrupt.write_bytes(b"this is not a checkpoint")
     node.set_parameters([Parameter("model.checkpoint", value=str(corrupt))])
     assert node.trigger_configure() == FAILURE
-    assert "corrupt.pt" in node._configure_error
+    assert "corrupt.pt" in node.configure_error
 
     node.set_parameters([Parameter("model.checkpoint", value="")])
     assert node.trigger_configure() == SUCCESS
     assert node.state == "inactive" and node.segmenter is not None
-    assert _lifecycle_state(probe, "/davss_segmenter") == "inactive"
+    assert probe.lifecycle_state("/davss_segmenter") == "inactive"
 
 
 def test_nothing_is_published_before_activation(seg, probe):
@@ -413,25 +301,53 @@ def test_mono8_bgr8_rgba8_and_padded_frames_are_segmented(active, probe):
 
 
 def test_a_burst_drops_stale_frames_and_counts_every_drop(active, probe):
+    """While the worker is busy, a burst replaces the waiting frame again and again: every
+    frame but the newest is dropped and counted, and nothing goes unaccounted for."""
     node = active
+    node.segmenter.reset()  # the first frame of the burst is a key frame
     probe.clear()
-    before_in, before_out = node.stats.input_count, node.stats.output_count
-    before_drop = node.stats.dropped
-    burst = [frame(200 + i) for i in range(20)]
-    for msg in burst:
-        probe.publisher("/image").publish(msg)
+    before = {k: getattr(node.stats, k) for k in ("input_count", "output_count", "dropped",
+                                                  "lost")}
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(_module, _inputs, _output):  # the worker sits in the first frame's segmenter
+        if not busy.is_set():
+            busy.set()
+            release.wait(TIMEOUT)
+
+    handle = node.segmenter.net.segmenter.register_forward_hook(hold)
+    burst = [frame(200 + i) for i in range(12)]
+    try:
+        probe.publisher("/image").publish(burst[0])
+        assert busy.wait(TIMEOUT), "the first frame of the burst never reached the model"
+        for msg in burst[1:]:
+            probe.publisher("/image").publish(msg)
+            time.sleep(0.02)  # a camera's pace; the executor takes each one
+
+        def taken():
+            return (node.stats.input_count + node.stats.lost
+                    - before["input_count"] - before["lost"]) == len(burst)
+
+        deadline = time.monotonic() + TIMEOUT
+        while not taken():
+            assert time.monotonic() < deadline, "the burst did not reach the node"
+            time.sleep(0.01)
+    finally:
+        release.set()
+        handle.remove()
     last = stamp_key(burst[-1].header)
     # The newest frame always wins, so the last one of the burst is processed.
     assert probe.wait(lambda: any(stamp_key(m.header) == last
                                   for m in probe.got["/davss_segmenter/frame_info"]))
     assert node._worker.wait_idle(TIMEOUT)
-    received = node.stats.input_count - before_in
-    processed = node.stats.output_count - before_out
-    dropped = node.stats.dropped - before_drop
-    assert received == processed + dropped
+    received = node.stats.input_count - before["input_count"]
+    processed = node.stats.output_count - before["output_count"]
+    dropped = node.stats.dropped - before["dropped"]
+    assert processed == 2  # the frame the worker held, then the newest
+    assert dropped == received - 2 and dropped >= 1
     infos = probe.messages("/davss_segmenter/frame_info")
+    assert [stamp_key(m.header) for m in infos] == [stamp_key(burst[0].header), last]
     assert infos[-1].dropped_frames == node.stats.dropped
-    assert [m.dropped_frames for m in infos] == sorted(m.dropped_frames for m in infos)
 
 
 def test_worker_keeps_only_the_newest_frame_and_counts_drops():
@@ -575,7 +491,7 @@ def test_deactivate_cleanup_and_shutdown(active, probe):
     assert not probe.messages("/davss_segmenter/frame_info")
     assert node.trigger_cleanup() == SUCCESS
     assert node.segmenter is None and node.state == "unconfigured"
-    assert _lifecycle_state(probe, "/davss_segmenter") == "unconfigured"
+    assert probe.lifecycle_state("/davss_segmenter") == "unconfigured"
     # It can be configured and activated again, then shut down cleanly.
     assert node.trigger_configure() == SUCCESS
     assert node.trigger_activate() == SUCCESS
@@ -598,11 +514,10 @@ def test_two_cameras_in_two_namespaces(domain_id, model_yaml):
             assert node.trigger_configure() == SUCCESS
             assert node.trigger_activate() == SUCCESS
         probe.wait_matched(["/cam1/image", "/cam2/image"], list(topics.values()))
+        for node in seg.nodes:  # each node's reader has matched its camera
+            seg.wait_input_matched(node=node)
         for cam, i in (("cam1", 0), ("cam2", 1)):
-            # resent until answered: a best-effort sample that reaches the node before its
-            # reader has matched this writer is dropped (seen on a loaded machine)
-            send_closed_loop(probe, f"/{cam}/image", topics[cam], [frame(i, frame_id=cam)],
-                             resend_first_s=1.0)
+            send_closed_loop(probe, f"/{cam}/image", topics[cam], [frame(i, frame_id=cam)])
         time.sleep(0.3)
         for cam in ("cam1", "cam2"):
             labels = probe.messages(f"/{cam}/davss_segmenter/labels")
@@ -644,46 +559,51 @@ def test_params_file_documents_every_parameter_with_its_default():
         assert values[name] == spec.default, name
 
 
+@pytest.mark.known_flaky(reason=(
+    "FastDDS discovery between this test process and a node process started beside it "
+    "sometimes never completes: in about 1 run of 6 the probe's participant had not seen "
+    "the node's participant at all after 40 s (the node process alive), while it saw the "
+    "other participants of its own process; not root-caused (not stale shared-memory "
+    "files, not domain reuse, not a full /dev/shm; the participant missed is a "
+    "SegmenterNode's in every logged case, see test_large_frames.CROSS_PROCESS_DISCOVERY)"))
 def test_segmenter_process_runs_from_the_params_file_and_exits_cleanly_on_ctrl_c(
-        domain_id, model_yaml):
+        domain_id, model_yaml, tmp_path):
     """The console-script entry point in its own process: autostart, outputs, Ctrl-C."""
     import pathlib
-    import signal
-    import subprocess
     import sys
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
     cmd = [sys.executable, "-c", "import sys; from davss_ros.ros.node import main; "
            "sys.exit(main(sys.argv))",
            "--ros-args", "--params-file", str(root / "config" / "davss.yaml"),
            "-r", "__ns:=/proc", "-r", "image:=/proc_camera",
            "-p", f"model.config:={model_yaml}", "-p", "model.device:=cpu",
            "-p", f"input.width:={W}", "-p", f"input.height:={H}"]
-    probe = Probe(domain_id)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
+    # The harness stops the node process before it deletes the probe's participant:
+    # the other order can block for good inside FastDDS (see davss_ros.tools.harness).
+    with Harness(domain_id) as harness:
+        proc = harness.spawn(cmd, log_path=tmp_path / "node.log")
+        probe = harness.camera()
         probe.listen("/proc/davss_segmenter/frame_info", FrameInfo)
-        probe.wait_matched(["/proc_camera"], ["/proc/davss_segmenter/frame_info"], timeout=40)
+        try:
+            probe.wait_matched(["/proc_camera"], ["/proc/davss_segmenter/frame_info"],
+                               timeout=40)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nthe node process (status {proc.poll()}) said:\n"
+                                 f"{proc.tail()}") from None
+        # Resent until answered: the node's reader, in another process, may match this
+        # camera a moment after the camera matched it.
         infos = send_closed_loop(probe, "/proc_camera", "/proc/davss_segmenter/frame_info",
                                  [frame(0), frame(1)], resend_first_s=2.0)
         assert [m.is_key_frame for m in infos] == [True, False]
-    finally:
-        probe.close()
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-            raise AssertionError("the node did not exit on SIGINT:\n" + out) from None
-    assert proc.returncode == 0, out
+        code = proc.stop(timeout=60)
+    out = proc.tail(1000)
+    assert code == 0, out
     assert "UNTRAINED" in out and "active: segmenting /proc_camera" in out
 
 
 def test_node_bench_measures_latency_and_overhead(model_yaml):
-    from davss_ros.ros.node_bench import run_node_bench
+    from davss_ros.tools.node_bench import run_node_bench
 
     r = run_node_bench(width=W, height=H, frames=4, warmup=1, config=model_yaml,
                        device="cpu", key_interval=2, subscribe=("labels", "overlay"))
@@ -722,8 +642,8 @@ def test_configure_with_a_checkpoint_and_refuse_a_mismatched_one(domain_id, mode
         node.set_parameters([Parameter("model.checkpoint", value=str(bad))])
         assert node.trigger_configure() == FAILURE
         assert node.state == "unconfigured" and node.segmenter is None
-        assert "bad.pt" in node._configure_error
-        assert "do not match" in node._configure_error
+        assert "bad.pt" in node.configure_error
+        assert "do not match" in node.configure_error
     finally:
         seg.close()
 

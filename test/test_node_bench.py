@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from davss_ros.ros.node_bench import run_peak  # noqa: E402
+from davss_ros.tools.node_bench import run_peak  # noqa: E402
 
 
 def test_peak_counts_answered_frames_per_rate_and_reports_the_highest_held(tmp_path):

@@ -66,15 +66,16 @@ def test_an_11_class_onnx_key_segmenter_runs_in_the_node(onnx_11):
     seg = Segmenter(domain, _overrides(**{"model.key_segmenter": str(onnx_11)}))
     try:
         node = seg.node
-        assert node.trigger_configure() == SUCCESS, node._configure_error
+        assert node.trigger_configure() == SUCCESS, node.configure_error
         assert node.trigger_activate() == SUCCESS
         assert node.segmenter.key_segmenter.kind == "onnx"
         assert node.segmenter.num_classes == 11
         probe.wait_matched(["/image"], ["/davss_segmenter/labels",
                                         "/davss_segmenter/labels_color",
                                         "/davss_segmenter/frame_info"])
+        seg.wait_input_matched(1)  # the node's reader has the camera's writer
         infos = send_closed_loop(probe, "/image", "/davss_segmenter/frame_info",
-                                 [frame(i) for i in range(4)], resend_first_s=1.0)
+                                 [frame(i) for i in range(4)])
         assert infos[0].is_key_frame and not all(m.is_key_frame for m in infos)
         assert probe.wait(lambda: len(probe.messages("/davss_segmenter/labels")) >= 4
                           and probe.messages("/davss_segmenter/label_info"), timeout=TIMEOUT)
@@ -104,15 +105,15 @@ def test_bad_key_segmenter_files_fail_configure_with_one_line_and_the_node_recov
             node.set_parameters([Parameter("model.key_segmenter", value=str(path))])
             assert node.trigger_configure() == FAILURE
             assert node.state == "unconfigured" and node.segmenter is None
-            assert words in node._configure_error and "\n" not in node._configure_error
+            assert words in node.configure_error and "\n" not in node.configure_error
         node.set_parameters([Parameter("model.key_segmenter", value=str(onnx_11))])
-        assert node.trigger_configure() == SUCCESS, node._configure_error
+        assert node.trigger_configure() == SUCCESS, node.configure_error
         assert node.segmenter.num_classes == 11
         assert node.trigger_cleanup() == SUCCESS
         # the 19-class shipped model cannot take 11 classes: said at configure
         node.set_parameters([Parameter("model.checkpoint", value="")])
         assert node.trigger_configure() == FAILURE
-        assert "11 classes" in node._configure_error and "19" in node._configure_error
+        assert "11 classes" in node.configure_error and "19" in node.configure_error
     finally:
         seg.close()
 
@@ -146,13 +147,13 @@ def test_an_exported_key_segmenter_labels_like_the_native_one_in_every_mode(tmp_
             for key in ("", str(tmp_path / "small.onnx")):
                 node.set_parameters([Parameter("model.mode", value=mode),
                                      Parameter("model.key_segmenter", value=key)])
-                assert node.trigger_configure() == SUCCESS, node._configure_error
+                assert node.trigger_configure() == SUCCESS, node.configure_error
                 assert node.trigger_activate() == SUCCESS
                 probe.wait_matched(["/image"], ["/davss_segmenter/labels",
                                                 "/davss_segmenter/frame_info"])
+                seg.wait_input_matched(1)  # the node's reader has the camera's writer
                 probe.clear()
-                send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", frames,
-                                 resend_first_s=1.0)
+                send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", frames)
                 assert probe.wait(
                     lambda: len(probe.messages("/davss_segmenter/labels")) >= len(frames))
                 first = {}  # per stamp, the first answer (a resent first frame may repeat)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import array
 import math
-import os
 
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ from davss_ros.ros.image import (  # noqa: E402
     numpy_to_image,
 )
 from davss_ros.schedule import validate_schedule  # noqa: E402
+from davss_ros.tools.harness import unique_domain_id  # noqa: E402
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -232,7 +232,7 @@ def ros_node():
     from davss_ros.ros.node import SegmenterNode
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=1 + (os.getpid() * 7919 + 57) % 200)
+    rclpy.init(context=context, domain_id=unique_domain_id())
     node = SegmenterNode(context=context, namespace="/props")
     yield node
     node.destroy_node()

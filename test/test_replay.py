@@ -29,6 +29,7 @@ from davss_ros.bag.report import pct  # noqa: E402
 from davss_ros.cli import main as davss  # noqa: E402
 from davss_ros.config import ScheduleConfig, load_config  # noqa: E402
 from davss_ros.evaluate.metrics import ConfusionMatrix  # noqa: E402
+from davss_ros.tools.harness import unique_domain_id  # noqa: E402
 
 H, W = 64, 128
 FRAMES = 24
@@ -45,7 +46,7 @@ model:
 
 
 def _domain_id() -> int:
-    return 1 + (os.getpid() * 6151 + 77) % 200
+    return unique_domain_id()
 
 
 @pytest.fixture(scope="module")

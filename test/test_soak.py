@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import pytest
 
 pytest.importorskip("rclpy", reason="the ROS 2 Python client library is not installed")
 pytest.importorskip("davss_msgs", reason="davss_msgs is not built into this environment")
 
-from davss_ros.ros.soak import (  # noqa: E402
+from davss_ros.tools.harness import unique_domain_id  # noqa: E402
+from davss_ros.tools.soak import (  # noqa: E402
     SoakConfig,
     add_arguments,
     format_report,
@@ -30,7 +30,7 @@ from davss_ros.ros.soak import (  # noqa: E402
 @pytest.mark.slow
 def test_one_minute_soak_accounts_for_every_frame_and_keeps_memory_bounded(tmp_path):
     cfg = SoakConfig(minutes=1.0, rate=30.0, width=1280, height=720, warmup_s=10.0,
-                     domain_id=1 + (os.getpid() * 7919 + 151) % 200,
+                     domain_id=unique_domain_id(),
                      node_log=str(tmp_path / "node.log"))
     report = run_soak(cfg, progress=lambda _line: None)
     text = format_report(report)
@@ -62,7 +62,7 @@ def test_one_minute_soak_accounts_for_every_frame_and_keeps_memory_bounded(tmp_p
 def test_soak_command_line():
     from davss_ros.cli import SUBCOMMANDS
 
-    assert SUBCOMMANDS["soak"][0] == "davss_ros.ros.soak"
+    assert SUBCOMMANDS["soak"][0] == "davss_ros.tools.soak"
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--minutes", "2", "--rate", "15", "--size", "640x360",

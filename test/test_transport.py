@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from davss_ros.tools.harness import unique_domain_id  # noqa: E402
+
 rclpy = pytest.importorskip("rclpy")
 davss_msgs_msg = pytest.importorskip("davss_msgs.msg")
 
@@ -191,7 +193,7 @@ _counter = itertools.count()
 
 def _unique_domain_id() -> int:
     """1..100 (FastDDS port range safe), different per process and per test."""
-    return (os.getpid() * 7 + 23 * next(_counter)) % 100 + 1
+    return unique_domain_id(salt=next(_counter))
 
 
 class Publisher:

@@ -62,9 +62,6 @@ NODE_NAME = "davss_segmenter"
 IN_PROCESS_NAMESPACE = "davss_replay"
 REPORT_NAME = "report.json"
 PICTURES = ("miou_by_distance.png", "latency_hist.png", "contact_sheet.png")
-# (player node, contexts) of --external replays: never finalised before the process ends,
-# see _Replay._shutdown.
-_KEPT_FOR_PROCESS_EXIT: list = []
 
 
 class ReplayError(BagError):
@@ -245,9 +242,8 @@ class _Replay:
             IMAGE_OUTPUTS if opts.record_images else ())
         self.required = ("labels", "frame_info")
         self.node = None  # in-process SegmenterNode
-        self.contexts: list = []
-        self.executors: list = []
-        self.threads: list = []  # BackgroundSpin per executor
+        self.host = None  # its NodeHost
+        self.harness = None  # davss_ros.tools.harness.Harness: everything started here
         self.writer: AtomicBagWriter | None = None
         self.warnings: list[str] = []
 
@@ -272,25 +268,20 @@ class _Replay:
 
     # -- ROS ----------------------------------------------------------------------------------
     def _replay_through_ros(self) -> dict:
-        from davss_ros.ros.env import ensure_large_data_transport
-
-        ensure_large_data_transport()
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import CompressedImage, Image
 
-        opts = self.opts
-        init_args = {} if opts.domain_id is None else {"domain_id": opts.domain_id}
-        node_info: dict = {}
-        if not opts.external:
-            node_info = self._start_node(init_args)
+        from ..tools.harness import Harness
 
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx, **init_args)
-        self.contexts.append(ctx)
-        player = rclpy.create_node("davss_replay_player", context=ctx)
+        opts = self.opts
+        self.harness = Harness(opts.domain_id)
+        node_info: dict = {}
+        if opts.external:
+            self.harness.attach()
+        else:
+            node_info = self._start_node()
+        player = self.harness.camera(name="davss_replay_player", threads=1).node
         self.player = player
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                          reliability=ReliabilityPolicy.RELIABLE)
@@ -308,9 +299,6 @@ class _Replay:
                 CompressedImage if s.compressed else Image,
                 f"{s.input_topic}/compressed" if s.compressed else s.input_topic, qos)
         clock_pub = player.create_publisher(Clock, self.clock_topic, 10)
-        ex = SingleThreadedExecutor(context=ctx)
-        ex.add_node(player)
-        self._spin(ex)
 
         self._wait_for_node()
         label_info = self._label_info()
@@ -342,12 +330,8 @@ class _Replay:
         node_info.update(t_first=t_first, dropped_before=dropped_before)
         return node_info
 
-    def _start_node(self, init_args: dict) -> dict:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter import Parameter
-
-        from davss_ros.ros.node import SUCCESS, SegmenterNode
+    def _start_node(self) -> dict:
+        from ..tools.harness import HarnessError
 
         opts = self.opts
         overrides: dict[str, object] = {"use_sim_time": True}
@@ -365,24 +349,14 @@ class _Replay:
             if not Path(opts.params_file).is_file():
                 raise ReplayError(f"--params-file: file not found: {opts.params_file}")
             cli_args += ["--params-file", str(opts.params_file)]
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx, **init_args)
-        self.contexts.append(ctx)
         try:
-            self.node = SegmenterNode(
-                opts.node_name, context=ctx, namespace=self.ns or "/",
-                cli_args=cli_args,
-                parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        except Exception as exc:  # a parameter of the wrong type, a bad params file
-            raise ReplayError(f"cannot start the node: {exc}") from None
-        ex = SingleThreadedExecutor(context=ctx)
-        ex.add_node(self.node)
-        self._spin(ex)
-        if self.node.trigger_configure() != SUCCESS:
-            reason = getattr(self.node, "_configure_error", "") or "see the log above"
-            raise ReplayError(f"the node did not configure: {reason}")
-        if self.node.trigger_activate() != SUCCESS:
-            raise ReplayError("the node did not activate (see the log above)")
+            self.host = self.harness.host(overrides, name=opts.node_name,
+                                          namespace=self.ns or "/", cli_args=cli_args,
+                                          threads=1)
+            self.node = self.host.node
+            self.host.bring_up()
+        except HarnessError as exc:
+            raise ReplayError(str(exc)) from None
         seg = self.node.segmenter
         m = seg.config.model
         ck = seg.checkpoint
@@ -391,13 +365,6 @@ class _Replay:
                 "model": (f"{Path(ck.path).name if ck is not None and ck.path else 'untrained'}"
                           f" {m.segmenter.backbone} {m.input_width}x{m.input_height}"),
                 "schedule": _schedule_dict(seg.config.schedule)}
-
-    def _spin(self, ex) -> None:
-        """Spin ``ex`` on a thread until ``_shutdown`` (see davss_ros.ros.spin)."""
-        from ..ros.spin import BackgroundSpin
-
-        self.executors.append(ex)
-        self.threads.append(BackgroundSpin(ex, name="davss_replay_spin"))
 
     def _wait_for_node(self) -> None:
         opts = self.opts
@@ -419,12 +386,15 @@ class _Replay:
         # subscriber: wait until its side of the match is there too.
         on_demand = [s.recorder.topics[k] for s in self.streams for k in self.frame_keys
                      if k not in self.required]
-        if self.node is not None:
-            while not all(self.node.count_subscribers(t) > 0 for t in on_demand):
-                if time.monotonic() > deadline:
-                    raise ReplayError("the node did not see the recorder's subscriptions")
-                time.sleep(0.05)
-            time.sleep(0.2)
+        if self.host is not None:
+            from ..tools.harness import HarnessError
+
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                self.host.wait_input_matched(len(self.streams), timeout=left)
+                self.host.wait_outputs_seen(on_demand, timeout=left)
+            except HarnessError as exc:
+                raise ReplayError(f"{exc} (the recorder's subscriptions)") from None
         else:
             time.sleep(1.0)  # no view into the remote node: give its side time to match
 
@@ -604,52 +574,12 @@ class _Replay:
         return out
 
     def _shutdown(self) -> None:
-        """Stop spinning, then free the executors, nodes and contexts.
-
-        The spin threads must have left the executor before anything is destroyed:
-        ``destroy_node`` (and the executor's guard condition in ``Executor.shutdown``) wait
-        for their handles to be released while holding the GIL, and a spin thread still in
-        ``wait_for_ready_callbacks`` needs the GIL to release them: a deadlock, seen under
-        load with ``ex.spin()`` + ``ex.shutdown()`` (which does not wait for the spinning
-        thread). So the threads spin in short slices and are stopped and joined first; a
-        node whose thread did not stop is left to the process exit rather than deadlock.
-        """
-        import rclpy
-
-        stuck = not all([th.stop(10.0) for th in self.threads])
-        if not stuck:
-            for ex in self.executors:
-                try:
-                    ex.shutdown(timeout_sec=0)
-                except Exception:
-                    pass
-        if self.node is not None:
-            try:
-                self.node.close()  # stops the worker thread, frees the model
-                if not stuck:
-                    self.node.destroy_node()
-            except Exception:
-                pass
-            self.node = None
-        if getattr(self, "player", None) is not None:
-            if self.opts.external:
-                # Deleting the last participant of a context while a node in another process
-                # holds its LARGE_DATA TCP connection open blocks for good in FastDDS 3.2
-                # (TCPChannelResourceBasic::disconnect). The player stays alive, unreferenced
-                # by the garbage collector, until the process ends (the CLI leaves with
-                # os._exit; test processes too, see test/conftest.py).
-                _KEPT_FOR_PROCESS_EXIT.append((self.player, list(self.contexts)))
-                self.contexts = []
-            else:
-                try:
-                    if not stuck:
-                        self.player.destroy_node()
-                except Exception:
-                    pass
-            self.player = None
-        for ctx in self.contexts:
-            rclpy.try_shutdown(context=ctx)
-        self.executors, self.contexts, self.threads = [], [], []
+        """Close what the replay started, in the harness's order (the node's worker and
+        model included). With ``--external`` the player is kept until the process exits:
+        see ``davss_ros.tools.harness``."""
+        if self.harness is not None:
+            self.harness.close()
+        self.node = self.host = self.player = None
 
     # -- report -------------------------------------------------------------------------------
     def _stream_report(self, s: _Stream, info: dict) -> dict:
@@ -923,7 +853,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"outputs: {report['output_bag']}  report: {report['report']}")
     if report["files"]:
         print("pictures: " + "  ".join(report["files"].values()))
-    if _KEPT_FOR_PROCESS_EXIT:
+    from ..tools.harness import kept_for_process_exit
+
+    if kept_for_process_exit():
         # Everything is written; leave without finalising the kept participant.
         sys.stdout.flush()
         sys.stderr.flush()

@@ -18,6 +18,10 @@ flight included), and frames a publisher sent that never reached the callback sh
 - rejected: input the node cannot use (encoding, size, data length), counted per kind;
 - failed: the pipeline raised (out of memory, ...); the frame is skipped;
 - discarded: taken while the node was leaving the active state (deactivate, cleanup).
+
+Frames lost in transport are counted two ways per subscription (:class:`LossLedger`):
+gaps in each publisher's sequence numbers, and DDS's own count (the subscription's
+``message_lost`` event); the camera's ``lost`` is the larger of the two, see the class.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+# Best-effort frames larger than this (MB) are lost between processes with FastDDS's
+# default LARGE_DATA socket buffers (measured with FastDDS 3.2: 2560x1080 rgb8, 8.3 MB,
+# arrives; 2304x1296, 9.0 MB, mostly does not).
+LARGE_FRAME_MB = 8
 
 OK = DiagnosticStatus.OK  # bytes, b'\x00'
 WARN = DiagnosticStatus.WARN
@@ -59,6 +68,7 @@ class SegmenterStats:
         self._outputs: deque[float] = deque()
         self._drops: deque[float] = deque()
         self._errors: deque[float] = deque()
+        self._lost: deque[tuple[float, int]] = deque()
         self.frames: deque[FrameRecord] = deque(maxlen=latency_frames)
         self.input_count = 0
         self.output_count = 0
@@ -76,7 +86,8 @@ class SegmenterStats:
 
     def reset(self) -> None:
         with self._lock:
-            for q in (self._inputs, self._outputs, self._drops, self._errors, self.frames):
+            for q in (self._inputs, self._outputs, self._drops, self._errors, self._lost,
+                      self.frames):
                 q.clear()
             self.input_count = self.output_count = self.dropped = self.error_count = 0
             self.lost = self.rejected = self.failed = self.discarded = self.invalid = 0
@@ -112,10 +123,12 @@ class SegmenterStats:
             self.last_error = text
             self._errors.append(now)
 
-    def record_lost(self, count: int) -> None:
+    def record_lost(self, count: int, now: float | None = None) -> None:
         """Frames a publisher sent that never reached the subscription."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             self.lost += count
+            self._lost.append((now, count))
 
     def record_rejected(self, kind: str, text: str) -> None:
         """A frame refused as unusable input (one error of that kind)."""
@@ -157,6 +170,8 @@ class SegmenterStats:
             for q in (self._inputs, self._outputs, self._drops, self._errors):
                 while q and q[0] < now - self.window_s:
                     q.popleft()
+            while self._lost and self._lost[0][0] < now - self.window_s:
+                self._lost.popleft()
             frames = list(self.frames)
             span = self.window_s
             out = {
@@ -171,6 +186,7 @@ class SegmenterStats:
                 "error_count": self.error_count,
                 "last_error": self.last_error,
                 "lost": self.lost,
+                "lost_in_window": sum(n for _, n in self._lost),
                 "rejected": self.rejected,
                 "failed": self.failed,
                 "discarded": self.discarded,
@@ -196,10 +212,164 @@ class SegmenterStats:
         return out
 
 
+@dataclass
+class PublisherRecord:
+    """One publisher (DDS writer) of a camera's input, as the subscription saw it."""
+
+    gid: bytes
+    name: str = ""  # its node, /namespace/name, once the ROS graph knows it
+    received: int = 0  # samples taken from it
+    lost: int = 0  # gaps in its sequence numbers
+    first_seq: int | None = None
+    last_seq: int | None = None
+    frame_bytes: int = 0  # data size of its largest frame
+    gone: bool = False  # left the graph (or the subscription ended)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"gid {self.gid.hex()[:12]}"
+
+    def summary(self) -> str:
+        seq = "" if self.first_seq is None else (
+            f", seq {self.first_seq}-{self.last_seq}")
+        size = (f", largest frame {self.frame_bytes / 1e6:.3g} MB" if self.frame_bytes
+                else "")
+        return (f"received {self.received}, lost {self.lost}{seq}{size}"
+                + (", gone" if self.gone else ""))
+
+
+class LossLedger:
+    """Frames lost in transport on one subscription, per publisher and in total.
+
+    Two counts, neither complete on its own:
+
+    - gaps: a sample whose sequence number is more than one past the last one taken from
+      the same publisher (gid) shows the frames in between lost. Seen per publisher, but
+      only once a later frame of that publisher arrives: frames before its first one taken
+      here and after its last one are invisible to it.
+    - DDS: the subscription's ``message_lost`` event (FastDDS's sample-lost status). DDS
+      reports a sample lost once the reader has given up on it, which is when a later
+      sample of that writer starts to arrive, so it reports losses that no gap will ever
+      show (no frame of the publisher arrives complete: 4096x2160 best-effort frames with
+      the default LARGE_DATA buffers), including frames before the first one taken. It
+      does not say which publisher, and it does not count samples that the reader's
+      keep-last history overwrote before the executor took them (those show as gaps).
+
+    A frame DDS reports is also a gap once a later frame of that publisher is taken, so
+    adding the two would count it twice. The rule: lost = max(gaps, DDS). The input
+    history is deep enough (``qos.INPUT_DEPTH``) that the executor takes every sample
+    unless it stalls for that many frames, so gaps are normally a subset of DDS's count
+    and the maximum is the number lost; where overwrites and DDS losses both happen it is
+    a lower bound, never a double count. Both counts are shown beside it.
+
+    Not thread-safe on its own: the node calls it from its executor's callbacks (one
+    callback group) and reads it under ``lock``.
+    """
+
+    def __init__(self, max_publishers: int = 16) -> None:
+        self.lock = threading.Lock()
+        self.max_publishers = max_publishers
+        self.publishers: dict[bytes, PublisherRecord] = {}
+        self.gaps = 0
+        self.dds_lost = 0
+        self.counted = 0  # max(gaps, dds_lost) as last recorded into the stats
+
+    def restart(self) -> None:
+        """A new subscription: the counts start afresh, the old publishers are closed."""
+        with self.lock:
+            for rec in self.publishers.values():
+                rec.gone = True
+            self.gaps = self.dds_lost = self.counted = 0
+
+    def sample(self, gid: bytes, seq: int | None, nbytes: int = 0
+               ) -> tuple[PublisherRecord, int, int]:
+        """A sample taken: (its publisher's record, the gap it shows, newly lost frames)."""
+        with self.lock:
+            rec = self.publishers.get(gid)
+            if rec is None:
+                rec = self.publishers[gid] = PublisherRecord(gid)
+                self._bound()
+            rec.received += 1
+            rec.frame_bytes = max(nbytes, rec.frame_bytes)
+            rec.gone = False
+            gap = 0
+            if seq is not None:
+                if rec.last_seq is not None and seq > rec.last_seq + 1:
+                    gap = seq - rec.last_seq - 1
+                if rec.first_seq is None:
+                    rec.first_seq = seq
+                if rec.last_seq is None or seq > rec.last_seq:
+                    rec.last_seq = seq
+            rec.lost += gap
+            self.gaps += gap
+            return rec, gap, self._newly_lost()
+
+    def dds_reported(self, total_count: int) -> int:
+        """The message_lost event's total for this subscription; newly lost frames."""
+        with self.lock:
+            self.dds_lost = max(self.dds_lost, int(total_count))
+            return self._newly_lost()
+
+    def close_absent(self, present: set[bytes]) -> list[PublisherRecord]:
+        """Close the open records whose gid is not in ``present``; those closed."""
+        with self.lock:
+            closed = [r for g, r in self.publishers.items()
+                      if not r.gone and g not in present]
+            for rec in closed:
+                rec.gone = True
+            return closed
+
+    def records(self) -> list[PublisherRecord]:
+        """Copies, open ones first, then the newest."""
+        with self.lock:
+            recs = [PublisherRecord(**vars(r)) for r in self.publishers.values()]
+        return sorted(recs, key=lambda r: r.gone)
+
+    def totals(self) -> tuple[int, int]:
+        with self.lock:
+            return self.gaps, self.dds_lost
+
+    def _newly_lost(self) -> int:
+        now = max(self.gaps, self.dds_lost)
+        new, self.counted = now - self.counted, max(now, self.counted)
+        return max(new, 0)
+
+    def _bound(self) -> None:
+        # Drop the oldest closed records first, then the oldest open ones.
+        while len(self.publishers) > self.max_publishers:
+            victim = next((g for g, r in self.publishers.items() if r.gone),
+                          next(iter(self.publishers)))
+            del self.publishers[victim]
+
+
+# Publishers listed one by one in a status (the others are summed up in one line).
+SHOWN_PUBLISHERS = 4
+
+
+def publisher_values(ledger: LossLedger | None) -> list[tuple[str, str]]:
+    """Diagnostic key/values for a camera's publishers and its two loss counts."""
+    if ledger is None:
+        return []
+    gaps, dds = ledger.totals()
+    recs = ledger.records()
+    values = [("frames lost: sequence gaps / DDS reported", f"{gaps} / {dds}"),
+              ("publishers", f"{sum(not r.gone for r in recs)} present, "
+                             f"{sum(r.gone for r in recs)} gone")]
+    for rec in recs[:SHOWN_PUBLISHERS]:
+        values.append((f"publisher {rec.label}", rec.summary()))
+    if len(recs) > SHOWN_PUBLISHERS:
+        rest = recs[SHOWN_PUBLISHERS:]
+        values.append((f"publishers not shown ({len(rest)})",
+                       f"received {sum(r.received for r in rest)}, "
+                       f"lost {sum(r.lost for r in rest)}"))
+    return values
+
+
 def build_status(stats: SegmenterStats, *, name: str, hardware_id: str, state: str,
                  model: str, device: str, mode: str, input_topic: str,
                  untrained: bool, configure_error: str = "",
-                 qos_problem: str = "") -> DiagnosticStatus:
+                 qos_problem: str = "",
+                 publishers: list[tuple[str, str]] | None = None) -> DiagnosticStatus:
     """One DiagnosticStatus.
 
     Level ERROR after a failed configure or on frame errors within the window; WARN when
@@ -217,6 +387,12 @@ def build_status(stats: SegmenterStats, *, name: str, hardware_id: str, state: s
     if qos_problem:
         level = max(level, WARN)
         problems.append(qos_problem)
+    if s["lost_in_window"]:
+        level = max(level, WARN)
+        problems.append(
+            f"{s['lost_in_window']} frame(s) lost in transport in the last "
+            f"{stats.window_s:g} s (best-effort frames above about {LARGE_FRAME_MB} MB: "
+            "see the node's log)")
     if state == "active":
         silent = s["since_last_input"]
         if silent is None or silent > stats.window_s:
@@ -265,6 +441,7 @@ def build_status(stats: SegmenterStats, *, name: str, hardware_id: str, state: s
         ("mode", mode),
         ("memory rss (MB)", fmt_mb(process_rss_bytes())),
         ("threads", str(threading.active_count())),
+        *(publishers or []),
     ]
     return DiagnosticStatus(
         level=level, name=name, message=message, hardware_id=hardware_id,

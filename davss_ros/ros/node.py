@@ -30,7 +30,10 @@ failed + discarded):
 - an exception in the pipeline (CUDA out of memory above all) skips the frame, frees the
   CUDA cache and restarts on a key frame ('recovery');
 - frames a publisher sent that never reached the callback are counted from gaps in its
-  sequence numbers ("lost in transport").
+  sequence numbers and from DDS's own count (the ``message_lost`` event), the larger of
+  the two ("lost in transport"; ``diagnostics.LossLedger``), with a WARN that names the
+  publisher and says what carries large frames. Each publisher (by its DDS gid, named by
+  the ROS graph) has its own figures on /diagnostics, closed when it goes away.
 
 Topics (relative, so one node per camera works under its own namespace):
 ``image`` (input, sensor_msgs/Image), ``~/labels``, ``~/labels_color``, ``~/overlay``,
@@ -59,7 +62,6 @@ import signal
 import sys
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import cv2
@@ -67,7 +69,13 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.event_handler import (
+    EventHandler,
+    PublisherEventCallbacks,
+    QoSSubscriptionEventType,
+    SubscriptionEventCallbacks,
+)
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -78,11 +86,20 @@ from davss_msgs.msg import FrameInfo
 from davss_ros.schedule import COLD_KEY_REASONS, CostEstimate, StreamLoad, key_budget_ms
 
 from . import params as P
-from .diagnostics import FrameRecord, SegmenterStats, build_status
+from .diagnostics import (
+    LARGE_FRAME_MB,
+    FrameRecord,
+    LossLedger,
+    PublisherRecord,
+    SegmenterStats,
+    build_status,
+    publisher_values,
+)
 from .env import ensure_large_data_transport
 from .image import ImageError, compressed_to_rgb, image_to_rgb, new_image
 from .label_info import label_info_class, make_label_info
-from .qos import diagnostics_qos, input_qos, latched_qos, output_qos
+from .qos import diagnostics_qos, input_qos, latched_qos, no_event_handlers, output_qos
+from .shm import low_room_warning, shared_memory
 from .worker import LatestFrameWorker
 
 NODE_NAME = "davss_segmenter"
@@ -99,16 +116,54 @@ FORCED_KEY_REASONS = ("stamp_backwards", "stamp_jump", "resolution_change",
                       "nonfinite_output", "recovery")
 # Publishers whose sequence numbers are followed for loss counting (the newest ones).
 MAX_TRACKED_PUBLISHERS = 16
+# What the loss warning tells: which QoS and transport carry large frames (measured with
+# FastDDS 3.2 between two processes on one host, see the README's "Large frames").
+LARGE_FRAME_ADVICE = (
+    f"best-effort frames larger than about {LARGE_FRAME_MB} MB are lost with FastDDS's "
+    "default LARGE_DATA socket buffers. Use reliable QoS on both sides "
+    "(qos.reliability:=reliable here and a reliable camera publisher), or start the "
+    "CAMERA with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA?sockets_size=64MB (or larger) in "
+    "its environment")
 
 
-def _no_events(kind):
-    # Entities created and destroyed at run time (the image subscription at every
-    # (de)activation, the outputs at every configure/cleanup) get no QoS event handlers:
-    # rclpy (Kilted) can raise InvalidHandle in the executor's wait-set construction, and
-    # the spin thread dies, when an event handler is destroyed from another thread at the
-    # wrong moment (seen in the 100-cycle deactivate/activate test). The incompatible-QoS
-    # warning the default handler would log comes from the diagnostics timer instead.
-    return kind(use_default_callbacks=False)
+class _SafeEventHandler(EventHandler):
+    """rclpy's QoS event handler, safe against its subscription being destroyed meanwhile.
+
+    The race ``qos.no_event_handlers`` avoids, in rclpy (Kilted)
+    ``Executor._wait_for_ready_callbacks``: a waitable whose handle was destroyed (another
+    thread deactivating) after the executor listed it fails to enter the wait set's context
+    (caught there), yet its
+    ``add_to_wait_set`` is still called and raises InvalidHandle, which kills the spin
+    thread. Here the handler then stays out of the wait set (it was not counted in it
+    either), and a take after destruction reads as no event.
+    """
+
+    def add_to_wait_set(self, wait_set) -> None:
+        try:
+            super().add_to_wait_set(wait_set)
+        except InvalidHandle:
+            self._event_index = None
+
+    def take_data(self):
+        try:
+            return super().take_data()
+        except InvalidHandle:
+            return None
+
+
+class _InputEvents(SubscriptionEventCallbacks):
+    """message_lost and matched on an input subscription, with :class:`_SafeEventHandler`."""
+
+    def __init__(self, *, message_lost, matched) -> None:
+        super().__init__(message_lost=message_lost, matched=matched,
+                         use_default_callbacks=False)
+
+    def create_event_handlers(self, callback_group, subscription, topic_name):
+        kinds = ((QoSSubscriptionEventType.RCL_SUBSCRIPTION_MESSAGE_LOST, self.message_lost),
+                 (QoSSubscriptionEventType.RCL_SUBSCRIPTION_MATCHED, self.matched))
+        return [_SafeEventHandler(callback_group=callback_group, callback=callback,
+                                  event_type=kind, parent_impl=subscription)
+                for kind, callback in kinds]
 
 
 @dataclass
@@ -143,8 +198,10 @@ class _Camera:
     arrival_period: float | None = None
     taken: float | None = None
     overhead: CostEstimate | None = None
-    # publisher gid -> last publication sequence number seen (frames lost in transport)
-    last_seq: OrderedDict = field(default_factory=OrderedDict)
+    # frames lost in transport, per publisher and DDS's count (diagnostics.LossLedger)
+    ledger: LossLedger = field(
+        default_factory=lambda: LossLedger(max_publishers=MAX_TRACKED_PUBLISHERS))
+    warned: set = field(default_factory=set)  # loss warnings given (once per publisher)
 
     def output(self, key: str) -> str:
         return f"~/{self.name}/{key}" if self.name else f"~/{key}"
@@ -154,16 +211,23 @@ class _Camera:
         return _Tee(self.stats, node_stats)
 
 
+# Held while a frame goes into a camera's counters and the node's total, and while the
+# diagnostics read them: a status then never shows a frame in one and not yet in the other
+# (seen: a total of 5 beside cameras of 4 + 2).
+_RECORDING = threading.Lock()
+
+
 class _Tee:
-    """Calls each ``record_*`` method on every distinct SegmenterStats given."""
+    """Calls each ``record_*`` method on every distinct SegmenterStats given, as one step."""
 
     def __init__(self, *stats: SegmenterStats) -> None:
         self._all = list({id(s): s for s in stats}.values())
 
     def __getattr__(self, name: str):
         def call(*args, **kwargs):
-            for s in self._all:
-                getattr(s, name)(*args, **kwargs)
+            with _RECORDING:
+                for s in self._all:
+                    getattr(s, name)(*args, **kwargs)
         return call
 
 
@@ -173,6 +237,10 @@ class SegmenterNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         P.declare(self)
+        if "LARGE_DATA" in os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", ""):
+            warning = low_room_warning(shared_memory())
+            if warning:
+                self.get_logger().warning(warning)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -261,18 +329,21 @@ class SegmenterNode(LifecycleNode):
             compressed = self._settings.transport == "compressed"
             qos = input_qos(self._settings.reliability)
             for cam in self._cameras:
-                cam.last_seq = OrderedDict()  # a new subscription: gaps start afresh
+                cam.ledger.restart()  # a new subscription: gaps and DDS counts afresh
+                cam.warned = set()
                 cam.last_arrival = cam.arrival_period = cam.taken = None
                 cam.overhead = CostEstimate()
                 cam.sub = self.create_subscription(
                     CompressedImage if compressed else Image,
                     f"{cam.topic}/compressed" if compressed else cam.topic,
                     functools.partial(self._on_image, cam), qos,
-                    event_callbacks=_no_events(SubscriptionEventCallbacks))
+                    event_callbacks=_InputEvents(
+                        message_lost=functools.partial(self._on_message_lost, cam),
+                        matched=functools.partial(self._on_matched, cam)))
                 cam.info_sub = self.create_subscription(
                     CameraInfo, camera_info_topic(self.resolve_topic_name(cam.topic)),
                     functools.partial(self._on_camera_info, cam), qos,
-                    event_callbacks=_no_events(SubscriptionEventCallbacks))
+                    event_callbacks=no_event_handlers(SubscriptionEventCallbacks))
         except Exception as exc:
             self.get_logger().error(f"activate failed: {_describe(exc)}")
             self._active = False
@@ -336,10 +407,30 @@ class SegmenterNode(LifecycleNode):
         self._release_all()
         self._state = "finalized"
 
+    def destroy_node(self) -> None:
+        """Destroy the node, and with it its DDS participant, now.
+
+        rclpy (Kilted) ``LifecycleNode.destroy_node`` leaves the lifecycle state machine
+        alive, and the machine holds the rcl node: the participant then lives on until the
+        cyclic garbage collector frees the Python node, at any moment, in whatever thread
+        allocates then, holding the GIL. Deleting a LARGE_DATA participant can block inside
+        FastDDS's TCP transport, and then every thread of the process stops (seen in the
+        tests: a camera's executor thread collecting an earlier test's node, for good).
+        """
+        super().destroy_node()
+        machine = getattr(self, "_state_machine", None)  # rclpy's; absent: nothing to free
+        if machine is not None:
+            machine.destroy_when_not_in_use()
+
     @property
     def state(self) -> str:
         """The lifecycle state as this node last set it."""
         return self._state
+
+    @property
+    def configure_error(self) -> str:
+        """Why the last configure failed ('' after a successful one)."""
+        return self._configure_error
 
     @property
     def segmenter(self):
@@ -350,6 +441,22 @@ class SegmenterNode(LifecycleNode):
     def cameras(self) -> list[str]:
         """The cameras' names while configured ('' for the single ``image`` topic)."""
         return [c.name for c in self._cameras]
+
+    def input_publisher_count(self) -> int:
+        """Writers the input readers have matched (all cameras; 0 while not subscribed).
+
+        The reader's own side of the match: a best-effort frame published before it counts
+        the camera's writer never arrives.
+        """
+        total = 0
+        for cam in list(self._cameras):
+            sub = cam.sub
+            if sub is not None:
+                try:
+                    total += sub.get_publisher_count()
+                except Exception:  # destroyed while counting (deactivate)
+                    pass
+        return total
 
     def camera_stats(self, name: str) -> SegmenterStats:
         """One camera's counters (the node's own with a single camera)."""
@@ -430,7 +537,8 @@ class SegmenterNode(LifecycleNode):
 
         def create(msg_type, topic, profile):
             return self.create_lifecycle_publisher(
-                msg_type, topic, profile, event_callbacks=_no_events(PublisherEventCallbacks))
+                msg_type, topic, profile,
+                event_callbacks=no_event_handlers(PublisherEventCallbacks))
 
         for cam in self._cameras:
             out = cam.output
@@ -514,7 +622,7 @@ class SegmenterNode(LifecycleNode):
             cam.arrival_period = gap if prev is None else 0.3 * gap + 0.7 * prev
         record = cam.record(self.stats)
         record.record_input()
-        self._track_sequence(cam, info)
+        self._track_sequence(cam, msg, info)
         worker = self._worker
         if worker is None:
             record.record_discard()
@@ -525,31 +633,111 @@ class SegmenterNode(LifecycleNode):
     def _on_camera_info(self, cam: _Camera, msg: CameraInfo) -> None:
         cam.camera_info = msg  # the newest; published with the next frame's outputs
 
-    def _track_sequence(self, cam: _Camera, info) -> None:
+    def _track_sequence(self, cam: _Camera, msg, info) -> None:
         """Count frames a publisher sent that never reached this subscription.
 
         DDS gives each sample its writer's sequence number; a gap between two samples of
         the same publisher is frames lost on the way (best-effort transport, or the reader's
-        depth-1 history overwritten before the executor took the sample). A publisher that
-        goes and comes back is a new writer (a new gid), so a restarted camera is no gap.
+        history overwritten before the executor took the sample). A publisher that goes
+        and comes back is a new writer (a new gid), so a restarted camera is no gap. DDS's
+        own count comes with the message_lost event; ``LossLedger`` reconciles the two.
         """
         try:
             gid = info.get("publisher_gid")
             seq = info.get("publication_sequence_number")
         except AttributeError:
             return
-        if not gid or seq is None:
+        if not gid:
             return
-        key = bytes(gid.get("data", b""))
-        seen = cam.last_seq
-        last = seen.get(key)
-        if last is not None and seq > last + 1:
-            cam.record(self.stats).record_lost(seq - last - 1)
-        if last is None or seq > last:
-            seen[key] = seq
-            seen.move_to_end(key)
-            while len(seen) > MAX_TRACKED_PUBLISHERS:
-                seen.popitem(last=False)
+        data = getattr(msg, "data", None)
+        rec, gap, new = cam.ledger.sample(bytes(gid.get("data", b"")), seq,
+                                          len(data) if data is not None else 0)
+        if new:
+            cam.record(self.stats).record_lost(new)
+        if rec.received == 1:  # a new publisher: its name (else the diagnostics timer's)
+            self._name_publishers(cam)
+        if gap:
+            self._warn_lost(cam, rec.gid, f"{gap} frame(s) from {self._who(cam, rec)} lost "
+                            f"in transport (seq {rec.last_seq - gap}-{rec.last_seq - 1})")
+
+    def _on_message_lost(self, cam: _Camera, event) -> None:
+        """DDS gave up on samples of this subscription (which publisher it does not say)."""
+        new = cam.ledger.dds_reported(event.total_count)
+        if new:
+            cam.record(self.stats).record_lost(new)
+        present = self._name_publishers(cam)
+        known = {r.gid: r for r in cam.ledger.records()}
+        who = ", ".join(self._who(cam, known[g]) if g in known else
+                        f"publisher {n or 'gid ' + g.hex()[:12]}"
+                        for g, n in present.items()) or "a publisher now gone"
+        self._warn_lost(cam, "dds", f"DDS reports {event.total_count} frame(s) on "
+                        f"{self._topic(cam)} lost in transport (from {who})")
+
+    def _on_matched(self, cam: _Camera, event) -> None:
+        if event.current_count_change < 0:  # a publisher went away: close its record
+            self._name_publishers(cam)
+
+    def _name_publishers(self, cam: _Camera) -> dict[bytes, str]:
+        """Name the publishers the graph knows; close the records of those gone.
+
+        Returns the graph's publishers of the camera's topic, gid -> node name."""
+        sub = cam.sub
+        if sub is None:
+            return {}
+        try:
+            infos = self.get_publishers_info_by_topic(sub.topic_name)
+        except Exception:  # the graph may be unavailable while shutting down
+            return {}
+        present = {}
+        for i in infos:
+            ns = i.node_namespace.rstrip("/")
+            # '_NODE_NAME_UNKNOWN_' until the graph has the writer's node too: asked again
+            present[bytes(i.endpoint_gid)] = (
+                "" if "_UNKNOWN_" in i.node_name else f"{ns}/{i.node_name}")
+        with cam.ledger.lock:
+            for gid, rec in cam.ledger.publishers.items():
+                if not rec.name and present.get(gid):
+                    rec.name = present[gid]
+        for rec in cam.ledger.close_absent(set(present)):
+            gaps, dds = cam.ledger.totals()
+            extra = (f"; DDS reported {dds - gaps} more lost frame(s) on this topic than "
+                     "sequence gaps show (before a publisher's first frame here or after "
+                     "its last)" if dds > gaps else "")
+            self.get_logger().info(
+                f"publisher {rec.label} left {self._topic(cam)}: {rec.summary()}{extra}")
+        return present
+
+    def _who(self, cam: _Camera, rec: PublisherRecord) -> str:
+        size = f" ({rec.frame_bytes / 1e6:.3g} MB frames)" if rec.frame_bytes else ""
+        return f"publisher {rec.label}{size}"
+
+    def _topic(self, cam: _Camera) -> str:
+        sub = cam.sub
+        try:
+            return sub.topic_name if sub is not None else self.resolve_topic_name(cam.topic)
+        except Exception:
+            return cam.topic
+
+    def _warn_lost(self, cam: _Camera, key, text: str) -> None:
+        """The loss warning, once per publisher (and once for DDS's count) a subscription."""
+        if key in cam.warned:
+            return
+        cam.warned.add(key)
+        self.get_logger().warning(f"{text}: {LARGE_FRAME_ADVICE}.")
+
+    def publisher_records(self, name: str = "") -> list[PublisherRecord]:
+        """One camera's input publishers as its subscription saw them (copies)."""
+        for cam in self._cameras:
+            if cam.name == name:
+                return cam.ledger.records()
+        raise KeyError(f"no camera {name!r}; cameras: {self.cameras}")
+
+    def loss_counts(self, name: str = "") -> tuple[int, int]:
+        """One camera's frames lost since activation: (sequence gaps, DDS reported)."""
+        for cam in self._cameras:
+            if cam.name == name:
+                return cam.ledger.totals()
+        raise KeyError(f"no camera {name!r}; cameras: {self.cameras}")
 
     def _incompatible_publishers(self) -> str:
         """A warning when the input's publishers cannot match the subscription, else ''.
@@ -781,8 +969,10 @@ class SegmenterNode(LifecycleNode):
             self.get_logger().warning(qos_problem, throttle_duration_sec=10.0)
         fqn = self.get_fully_qualified_name()
         cameras = list(self._cameras)
+        for cam in cameras:  # names of new publishers, records of those gone
+            self._name_publishers(cam)
 
-        def status(stats, suffix, topics):
+        def status(stats, suffix, topics, ledger=None):
             return build_status(
                 stats, name=f"{fqn}: segmentation{suffix}", hardware_id=fqn,
                 state=self._state,
@@ -791,12 +981,16 @@ class SegmenterNode(LifecycleNode):
                 mode=seg.mode if seg is not None else "none",
                 input_topic=", ".join(self.resolve_topic_name(t) for t in topics),
                 untrained=seg is not None and self._untrained,
-                configure_error=self._configure_error, qos_problem=qos_problem)
+                configure_error=self._configure_error, qos_problem=qos_problem,
+                publishers=publisher_values(ledger))
 
         # The node's total first; with several cameras one status per camera after it.
-        statuses = [status(self.stats, "", [c.topic for c in cameras] or ["image"])]
-        if len(cameras) > 1:
-            statuses += [status(c.stats, f" {c.name}", [c.topic]) for c in cameras]
+        with _RECORDING:
+            statuses = [status(self.stats, "", [c.topic for c in cameras] or ["image"],
+                               cameras[0].ledger if len(cameras) == 1 else None)]
+            if len(cameras) > 1:
+                statuses += [status(c.stats, f" {c.name}", [c.topic], c.ledger)
+                             for c in cameras]
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = statuses

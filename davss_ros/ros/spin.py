@@ -19,6 +19,7 @@ class BackgroundSpin:
         self.executor = executor
         self._stop = threading.Event()
         self._slice = slice_s
+        self.error: Exception | None = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
@@ -26,9 +27,10 @@ class BackgroundSpin:
         while not self._stop.is_set():
             try:
                 self.executor.spin_once(timeout_sec=self._slice)
-            except Exception:
+            except Exception as exc:
                 if self._stop.is_set():  # the context went away while stopping
                     return
+                self.error = exc  # why the thread ended, for whoever waits on it
                 raise
 
     def stop(self, timeout: float = 10.0) -> bool:

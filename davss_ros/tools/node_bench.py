@@ -23,50 +23,36 @@ import time
 
 import numpy as np
 
-from .env import ensure_large_data_transport
-
 OUTPUT_TOPICS = ("labels", "labels_color", "overlay", "distortion")
 
 
 class _Rig:
-    """The segmenter node and a camera node in two rclpy Contexts of one process, matched
-    over FastDDS; outputs and FrameInfos recorded by stamp. A context manager."""
+    """The segmenter node and a camera in two rclpy Contexts of one process (the harness),
+    matched over FastDDS; outputs and FrameInfos recorded by stamp. A context manager."""
 
     def __init__(self, overrides: dict, topics: tuple[str, ...], *, domain_id: int | None,
                  timeout: float) -> None:
         self.overrides, self.topics, self.timeout = overrides, topics, timeout
-        self.domain = domain_id if domain_id is not None else 1 + (os.getpid() * 31) % 200
+        self.domain_id = domain_id
 
     def __enter__(self) -> _Rig:
-        ensure_large_data_transport()
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter import Parameter
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
         from davss_msgs.msg import FrameInfo
 
-        from .node import SUCCESS, SegmenterNode
-        from .spin import BackgroundSpin
+        from .harness import Harness, HarnessError, unique_domain_id
 
-        self._rclpy = rclpy
-        self.node_ctx, self.cam_ctx = rclpy.Context(), rclpy.Context()
-        rclpy.init(context=self.node_ctx, domain_id=self.domain)
-        rclpy.init(context=self.cam_ctx, domain_id=self.domain)
-        self.node = self.cam = None
-        self.executors: list = []
-        self.spins: list = []
+        self.harness = Harness(self.domain_id if self.domain_id is not None
+                               else unique_domain_id(salt=3))
         try:
-            self.node = SegmenterNode(
-                context=self.node_ctx, namespace="bench",
-                parameter_overrides=[Parameter(k, value=v) for k, v in self.overrides.items()])
-            if self.node.trigger_configure() != SUCCESS:
-                raise RuntimeError(f"the node did not configure: "
-                                   f"{self.node._configure_error}")
-            if self.node.trigger_activate() != SUCCESS:
-                raise RuntimeError("the node did not activate")
-            self.cam = rclpy.create_node("davss_bench_camera", context=self.cam_ctx)
+            host = self.harness.host(self.overrides, namespace="bench", threads=1)
+            self.node = host.node
+            try:
+                host.bring_up()
+            except HarnessError as exc:
+                raise RuntimeError(str(exc)) from None
+            self.cam = self.harness.camera(name="davss_bench_camera", threads=1)
             self.cond = threading.Condition()
             self.arrivals: dict[str, dict[tuple[int, int], float]] = {t: {} for t in self.topics}
             self.infos: dict = {}
@@ -83,52 +69,38 @@ class _Rig:
                     self.cond.notify_all()
 
             reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-            subs = [self.cam.create_subscription(
-                Image, f"/bench/davss_segmenter/{t}",
-                lambda m, t=t: on_output(m, t), reliable) for t in self.topics]
-            subs.append(self.cam.create_subscription(
+            outputs = [f"/bench/davss_segmenter/{t}" for t in self.topics]
+            for t, topic in zip(self.topics, outputs, strict=True):
+                self.cam.node.create_subscription(
+                    Image, topic, lambda m, t=t: on_output(m, t), reliable)
+            self.cam.node.create_subscription(
                 FrameInfo, "/bench/davss_segmenter/frame_info", on_info,
-                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)))
-            self.pub = self.cam.create_publisher(Image, "/bench/image", reliable)
-            for ctx, n in ((self.node_ctx, self.node), (self.cam_ctx, self.cam)):
-                ex = SingleThreadedExecutor(context=ctx)
-                ex.add_node(n)
-                self.executors.append(ex)
-                self.spins.append(BackgroundSpin(ex, name="node_bench_spin"))
-            deadline = time.monotonic() + self.timeout
-            while not (self.pub.get_subscription_count() > 0 and all(
-                    s.get_publisher_count() > 0 for s in subs)):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("camera and node did not discover each other")
-                time.sleep(0.05)
-            time.sleep(0.5)  # let the node's side finish matching the camera's subscriptions
+                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+            self.pub = self.cam.publisher("/bench/image", Image, reliable)
+            try:
+                host.wait_input_matched(timeout=self.timeout)
+                host.wait_outputs_seen(outputs + ["/bench/davss_segmenter/frame_info"],
+                                       timeout=self.timeout)
+                self.cam.wait_matched(["/bench/image"], [], timeout=self.timeout)
+            except (HarnessError, AssertionError) as exc:
+                raise RuntimeError(f"camera and node did not discover each other: {exc}") \
+                    from None
         except BaseException:
-            self.__exit__()
+            self.harness.close()
             raise
         return self
 
     def frame(self, texture: np.ndarray, i: int, width: int, height: int):
-        from .image import new_image
+        from davss_ros.ros.image import new_image
 
         msg, view = new_image(height, width, "rgb8")
         np.copyto(view, texture[:, i % (texture.shape[1] - width):][:, :width])
         msg.header.frame_id = "camera"
-        msg.header.stamp = self.cam.get_clock().now().to_msg()
+        msg.header.stamp = self.cam.node.get_clock().now().to_msg()
         return msg, (msg.header.stamp.sec, msg.header.stamp.nanosec)
 
     def __exit__(self, *exc) -> None:
-        stopped = all([t.stop() for t in self.spins])  # before destroying: see spin.py
-        if stopped:
-            for ex in self.executors:
-                ex.shutdown(timeout_sec=2.0)
-        if self.node is not None:
-            self.node.close()
-            if stopped:
-                self.node.destroy_node()
-        if self.cam is not None and stopped:
-            self.cam.destroy_node()
-        for ctx in (self.node_ctx, self.cam_ctx):
-            self._rclpy.try_shutdown(context=ctx)
+        self.harness.close()
 
 
 def _overrides(config, checkpoint, device, key_interval, key_segmenter=None) -> dict:
@@ -365,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m davss_ros.ros.node_bench",
+    p = argparse.ArgumentParser(prog="python -m davss_ros.tools.node_bench",
                                 description=__doc__.splitlines()[0])
     add_arguments(p)
     sys.exit(run(p.parse_args()))

@@ -36,21 +36,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .diagnostics import process_rss_bytes, process_threads
-from .env import ensure_large_data_transport
-from .spin import BackgroundSpin
+from davss_ros.ros.diagnostics import process_rss_bytes, process_threads
+from davss_ros.ros.env import ensure_large_data_transport
 
 NAMESPACE = "/soak"
 NODE_FQN = f"{NAMESPACE}/davss_segmenter"
@@ -154,15 +150,14 @@ class _Recorder:
 def run_soak(cfg: SoakConfig, progress=print) -> dict:
     """Run the soak and return the report (see ``format_report``)."""
     ensure_large_data_transport()
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
     from davss_msgs.msg import FrameInfo
+    from davss_ros.ros.image import new_image
 
-    from .image import new_image
+    from .harness import Harness
 
     duration = cfg.minutes * 60.0
     if duration <= cfg.warmup_s:
@@ -176,49 +171,44 @@ def run_soak(cfg: SoakConfig, progress=print) -> dict:
     log_path = Path(cfg.node_log) if cfg.node_log else Path(
         tempfile.mkstemp(prefix="davss_soak_node_", suffix=".log")[1])
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     cmd = node_command(cfg)
     progress(f"soak: starting the node (ROS_DOMAIN_ID={domain}, log {log_path}):\n  "
              + " ".join(cmd))
 
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain)
-    cam = executor = spin = proc = None
-    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
+    harness = Harness(domain)
+    node = None
     rec = _Recorder()
     stop = threading.Event()
     try:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        cam = rclpy.create_node("davss_soak_camera", context=ctx)
+        node = harness.spawn(cmd, env=os.environ, log_path=log_path)
+        cam = harness.camera(name="davss_soak_camera", threads=1)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        pub = cam.create_publisher(Image, f"{NAMESPACE}/image", reliable)
-        subs = [cam.create_subscription(Image, f"{NODE_FQN}/labels", rec.on_labels, reliable),
-                cam.create_subscription(FrameInfo, f"{NODE_FQN}/frame_info", rec.on_info,
-                                        QoSProfile(depth=50,
-                                                   reliability=ReliabilityPolicy.RELIABLE))]
+        pub = cam.publisher(f"{NAMESPACE}/image", Image, reliable)
+        subs = [cam.node.create_subscription(Image, f"{NODE_FQN}/labels", rec.on_labels,
+                                             reliable),
+                cam.node.create_subscription(FrameInfo, f"{NODE_FQN}/frame_info", rec.on_info,
+                                             QoSProfile(depth=50,
+                                                        reliability=ReliabilityPolicy.RELIABLE))]
         if cfg.all_outputs:
-            subs += [cam.create_subscription(Image, f"{NODE_FQN}/{t}", lambda _m: None,
-                                             reliable)
+            subs += [cam.node.create_subscription(Image, f"{NODE_FQN}/{t}", lambda _m: None,
+                                                  reliable)
                      for t in ("labels_color", "overlay", "distortion")]
-        cam.create_subscription(DiagnosticArray, "/diagnostics", rec.on_diag, reliable)
-        executor = SingleThreadedExecutor(context=ctx)
-        executor.add_node(cam)
-        spin = BackgroundSpin(executor, name="soak_executor")
+        cam.node.create_subscription(DiagnosticArray, "/diagnostics", rec.on_diag, reliable)
 
         # Ready: the node process is up, active and matched both ways.
         deadline = time.monotonic() + cfg.start_timeout_s
         while not (pub.get_subscription_count() > 0
                    and all(s.get_publisher_count() > 0 for s in subs)
                    and rec.diag.get("lifecycle state") == "active"):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the node exited with status {proc.returncode} before "
-                                   f"it was ready; its log:\n{_tail(log_path)}")
+            if node.poll() is not None:
+                raise RuntimeError(f"the node exited with status {node.poll()} before "
+                                   f"it was ready; its log:\n{node.tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the node was not ready within {cfg.start_timeout_s:g} "
-                                   f"s; its log:\n{_tail(log_path)}")
+                                   f"s; its log:\n{node.tail()}")
             time.sleep(0.1)
         time.sleep(1.0)  # let the node's reader finish matching this writer
-        pid = proc.pid
+        pid = node.pid
         rss_ready = process_rss_bytes(pid)
         progress(f"soak: node ready (pid {pid}, RSS {_mb(rss_ready):.1f} MB); publishing "
                  f"{cfg.width}x{cfg.height} rgb8 at {cfg.rate:g} Hz for {cfg.minutes:g} min")
@@ -274,9 +264,9 @@ def run_soak(cfg: SoakConfig, progress=print) -> dict:
             samples.append({"t": now - t0, "rss": rss, "threads": process_threads(pid)})
             if rss_start is None and now - t0 >= cfg.warmup_s:
                 rss_start = rss
-            if proc.poll() is not None:
-                raise RuntimeError(f"the node died during the soak (status {proc.returncode})"
-                                   f"; its log:\n{_tail(log_path)}")
+            if node.poll() is not None:
+                raise RuntimeError(f"the node died during the soak (status {node.poll()})"
+                                   f"; its log:\n{node.tail()}")
             if now >= next_report:
                 next_report += _interval(cfg, duration)
                 with rec.lock:
@@ -307,31 +297,12 @@ def run_soak(cfg: SoakConfig, progress=print) -> dict:
             keys = set(rec.key_stamps)
     finally:
         stop.set()
-        stopped = spin is None or spin.stop()  # before destroying anything: see spin.py
-        if executor is not None and stopped:
-            executor.shutdown(timeout_sec=2.0)
-        if cam is not None and stopped:
-            cam.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-        rc = _stop_node(proc)
-        log.close()
+        harness.close()  # the node process gets Ctrl-C before the camera goes
+        rc = node.proc.returncode if node is not None else None
 
     report = _report(cfg, duration, sent, latency, keys, infos, diag, samples, rss_ready,
                      rss_start, rss_end, threads_end, pub_state, rc, str(log_path))
     return report
-
-
-def _stop_node(proc) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
 
 
 def _interval(cfg: SoakConfig, duration: float) -> float:
@@ -507,14 +478,6 @@ def _mb(value: int | None) -> float | None:
     return None if value is None else value / 2**20
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(deque(path.read_text(errors="replace").splitlines(), lines))
-    except OSError:
-        return "(no log)"
-
-
-# -- command line -------------------------------------------------------------------------------
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -574,7 +537,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m davss_ros.ros.soak",
+    p = argparse.ArgumentParser(prog="python -m davss_ros.tools.soak",
                                 description=__doc__.splitlines()[0])
     add_arguments(p)
     sys.exit(run(p.parse_args()))

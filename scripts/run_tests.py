@@ -25,6 +25,7 @@ import itertools
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,7 +100,9 @@ def run_group(files: list[Path], extra: list[str], xml: Path,
     start = time.monotonic()
     # Each file its own block of ROS domain ids (davss_ros.tools.harness.unique_domain_id)
     # (unbuffered: its output passes through a pipe here and must not wait for a flush)
-    env = dict(os.environ, DAVSS_TEST_DOMAIN_BASE=str(domain_base), PYTHONUNBUFFERED="1")
+    stack_file = xml.with_suffix(".stacks")  # conftest.py writes it on SIGUSR1
+    env = dict(os.environ, DAVSS_TEST_DOMAIN_BASE=str(domain_base), PYTHONUNBUFFERED="1",
+               DAVSS_TEST_STACK_FILE=str(stack_file))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace")
     lines: list[str] = []
@@ -110,8 +113,14 @@ def run_group(files: list[Path], extra: list[str], xml: Path,
         status = "ok" if proc.returncode in (0, 5) else f"exit {proc.returncode}"
     except subprocess.TimeoutExpired:
         status = f"TIMED OUT after {TIME_LIMIT_S} s"
+        # conftest.py makes SIGUSR1 print every thread's stack: where the file sat
+        if hasattr(signal, "SIGUSR1"):
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(3.0)
         proc.kill()
         proc.wait()
+        if stack_file.exists():
+            lines += [SIGNAL_DUMP, *stack_file.read_text(errors="replace").splitlines()]
     echo.join(timeout=10)
     if status.startswith("TIMED OUT"):
         _stacks[names] = _hang_stacks(lines)
@@ -143,13 +152,22 @@ def _echo(stream, lines: list[str]) -> None:
         lines.append(line.rstrip("\n"))
 
 
+TEST_FRAME = re.compile(r'File ".*/test/(test_\w+\.py)", line (\d+) in (test_\w+)')
+SIGNAL_DUMP = "(the time limit is up: every thread's stack, most recent call first)"
+
+
 def _hang_stacks(lines: list[str]) -> list[str]:
-    """faulthandler's dump (every thread's stack, most recent call first), from its
-    'Timeout (' line on, cut at STACK_LINES lines."""
+    """For a file that ran out of time: the tests that failed before (conftest.py says each
+    as it happens), then faulthandler's dump of every thread's stack, from a test that ran
+    240 s ('Timeout (' line) or else from the signal sent at the file's limit, cut at
+    STACK_LINES lines."""
+    failed = [line for line in lines if line.startswith("[davss-failed]")]
     start = next((i for i, line in enumerate(lines) if line.startswith("Timeout (")), None)
     if start is None:
-        return ["(no faulthandler dump: no single test of the file ran 240 s)"]
-    return lines[start:start + STACK_LINES]
+        start = next((i for i, line in enumerate(lines) if line == SIGNAL_DUMP), None)
+    dump = (lines[start:start + STACK_LINES] if start is not None
+            else ["(no stack dump came back)"])
+    return (failed or ["(no test had failed before)"]) + dump
 
 
 def failed_tests(xml: Path) -> dict[str, str | None]:
@@ -212,7 +230,8 @@ def main(argv: list[str]) -> int:
             for k in total:
                 total[k] += counts[k]
     for names, stack in _stacks.items():
-        print(f"\n=== where {names} hung (faulthandler, first {STACK_LINES} lines):")
+        print(f"\n=== where {names} hung (its failures, then faulthandler, first "
+              f"{STACK_LINES} lines):")
         print("\n".join(stack))
     state = shm.shared_memory()
     if state:
@@ -222,6 +241,12 @@ def main(argv: list[str]) -> int:
               + "; ".join(excused))
     if bad:
         print("\nfailing (first run counts): " + "; ".join(bad))
+    for names, stack in _stacks.items():  # again, short, where a log's tail shows it
+        said = [line for line in stack if line.startswith("[davss-failed]")][:5]
+        sat = sorted({f"{m[1]}::{m[3]} line {m[2]}" for m in map(TEST_FRAME.search, stack)
+                      if m})
+        print(f"{names} timed out in {', '.join(sat) or '(no test frame in the stacks)'}; "
+              + ("before that: " + " | ".join(said) if said else "no test had failed before"))
     print(f"\n{total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped"
           + (f", {len(excused)} known-flaky excused" if excused else ""))
     return 1 if total["failed"] or bad or total["passed"] == 0 else 0

@@ -1,6 +1,10 @@
 """Shared test set-up: small, seeded, single-threaded torch; LARGE_DATA for FastDDS."""
 
+import faulthandler
 import os
+import signal
+import sys
+import time
 
 # Must be set before rclpy initialises FastDDS (see ../shared/notes/environment.md).
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
@@ -10,6 +14,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# scripts/run_tests.py sends SIGUSR1 to a test process that ran past its time limit before
+# it kills it: every thread's stack, written to the file it names (not to stderr, which
+# pytest captures while a test runs), then says where the process sat.
+_STACK_FILE = None
+if hasattr(signal, "SIGUSR1") and os.environ.get("DAVSS_TEST_STACK_FILE"):
+    _STACK_FILE = open(os.environ["DAVSS_TEST_STACK_FILE"], "w")  # noqa: SIM115 (for good)
+    faulthandler.register(signal.SIGUSR1, file=_STACK_FILE, all_threads=True)
 
 
 def pytest_configure(config):
@@ -29,6 +41,22 @@ def pytest_collection_modifyitems(config, items):
         if not reason:
             raise pytest.UsageError(f"{item.nodeid}: known_flaky needs a written reason")
         item.user_properties.append(("known_flaky", reason))
+
+
+_STARTED = time.monotonic()
+
+
+def pytest_runtest_logreport(report):
+    # A failure said the moment it happens (pytest -q prints its details only at the end of
+    # the session, which a file killed for its time limit never reaches). The runner
+    # repeats these lines for a file that timed out.
+    if report.failed:
+        text = str(report.longrepr).strip().splitlines()
+        where = next((line for line in reversed(text) if line.startswith("E ")), "")
+        sys.stdout.write(f"\n[davss-failed] {report.nodeid} ({report.when}, "
+                         f"{report.duration:.1f} s, at {time.monotonic() - _STARTED:.0f} s): "
+                         f"{where[:300]}\n")
+        sys.stdout.flush()
 
 
 @pytest.fixture(autouse=True)

@@ -152,7 +152,7 @@ def probe(domain_id):
 
 @pytest.fixture(scope="module")
 def seg(domain_id, model_yaml, probe):
-    s = Segmenter(domain_id, overrides(model_yaml), namespace=NS)
+    s = Segmenter(domain_id, overrides(model_yaml), namespace=NS, share=probe)
     yield s
     s.close()
 

@@ -1,7 +1,7 @@
 """~/label_info's type (vision_msgs/LabelInfo where importable) and ~/camera_info.
 
-The node runs in its own rclpy Context against a probe in another (test_node's helpers), so
-messages cross FastDDS. vision_msgs is not on PyPI: its tests skip unless it is importable
+The node and a probe share one rclpy Context (test_node's helpers): messages pass FastDDS's
+writers and readers. vision_msgs is not on PyPI: its tests skip unless it is importable
 (a ROS install, or scripts/launch_env.sh with a vision_msgs source).
 """
 
@@ -97,7 +97,7 @@ def test_node_publishes_label_info_and_republishes_camera_info_with_the_labels_h
             depth=1, reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL))
         info_pub = probe.node.create_publisher(CameraInfo, "/camera_info", 10)
-        seg = Segmenter(domain, base_overrides(str(model_yaml)))
+        seg = Segmenter(domain, base_overrides(str(model_yaml)), share=probe)
         assert seg.node.trigger_configure() == SUCCESS
         assert seg.node.trigger_activate() == SUCCESS
 

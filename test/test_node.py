@@ -1,8 +1,10 @@
 """The davss_segmenter lifecycle node over real rclpy + FastDDS, with a real (tiny) model.
 
-The node runs in its own rclpy Context; a "camera" node in a second Context (a second DDS
-participant, so messages really cross the middleware) publishes frames and records what
-comes back. Frames are sent closed-loop (the next one after the previous output arrived),
+The node and a "camera" node that publishes frames and records what comes back share one
+rclpy Context (one DDS participant: messages pass FastDDS's writers and readers,
+serialised, with no discovery between participants to wait on or time out; see
+davss_ros.tools.harness). The test of the node process, and test_transport.py and
+test_large_frames.py, cross between processes. Frames are sent closed-loop (the next one after the previous output arrived),
 so nothing is dropped and key-frame patterns are deterministic.
 """
 
@@ -136,7 +138,7 @@ def base_overrides(model_yaml: str) -> dict:
 
 @pytest.fixture(scope="module")
 def seg(domain_id, model_yaml, probe):
-    s = Segmenter(domain_id, base_overrides(model_yaml))
+    s = Segmenter(domain_id, base_overrides(model_yaml), share=probe)
     yield s
     s.close()
 
@@ -502,7 +504,7 @@ def test_deactivate_cleanup_and_shutdown(active, probe):
 
 def test_two_cameras_in_two_namespaces(domain_id, model_yaml):
     probe = Probe(domain_id)
-    seg = Segmenter(domain_id, base_overrides(model_yaml), namespace="cam1")
+    seg = Segmenter(domain_id, base_overrides(model_yaml), namespace="cam1", share=probe)
     try:
         seg.add(base_overrides(model_yaml), namespace="cam2")
         topics = {}

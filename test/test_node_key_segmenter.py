@@ -63,7 +63,7 @@ def test_an_11_class_onnx_key_segmenter_runs_in_the_node(onnx_11):
                             ("/davss_segmenter/frame_info", FrameInfo)]:
         probe.listen(topic, msg_type)
     probe.listen("/davss_segmenter/label_info", label_info_class(), latched_qos())
-    seg = Segmenter(domain, _overrides(**{"model.key_segmenter": str(onnx_11)}))
+    seg = Segmenter(domain, _overrides(**{"model.key_segmenter": str(onnx_11)}), share=probe)
     try:
         node = seg.node
         assert node.trigger_configure() == SUCCESS, node.configure_error
@@ -138,7 +138,7 @@ def test_an_exported_key_segmenter_labels_like_the_native_one_in_every_mode(tmp_
     probe = Probe(domain)
     probe.listen("/davss_segmenter/labels", Image)
     probe.listen("/davss_segmenter/frame_info", FrameInfo)
-    seg = Segmenter(domain, _overrides(**{"model.checkpoint": str(ck)}))
+    seg = Segmenter(domain, _overrides(**{"model.checkpoint": str(ck)}), share=probe)
     frames = [frame(i) for i in range(6)]
     try:
         node = seg.node

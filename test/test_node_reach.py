@@ -39,9 +39,10 @@ def small_yaml(tmp_path):
     return str(path)
 
 
-def _start(domain, small_yaml, **extra):
-    seg = Segmenter(domain, {"model.config": small_yaml, "model.device": "cpu",
-                             "input.width": W, "input.height": H, **extra})
+def _start(domain, small_yaml, share=None, **extra):
+    seg = Segmenter(domain, share=share, overrides={
+        "model.config": small_yaml, "model.device": "cpu", "input.width": W, "input.height": H,
+        **extra})
     node = seg.node
     assert node.trigger_configure() == SUCCESS, node.configure_error
     assert node.trigger_activate() == SUCCESS
@@ -61,7 +62,7 @@ def test_compressed_frames_are_decoded_and_a_truncated_one_is_rejected(small_yam
     probe.listen("/davss_segmenter/labels", Image)
     probe.listen("/davss_segmenter/frame_info", FrameInfo)
     probe.publisher("/image/compressed", CompressedImage, 10)
-    seg = _start(domain, small_yaml, **{"input.transport": "compressed"})
+    seg = _start(domain, small_yaml, probe, **{"input.transport": "compressed"})
     try:
         probe.wait_matched(["/image/compressed"], ["/davss_segmenter/labels"])
         seg.wait_input_matched(1)  # the node's reader has the camera's writer
@@ -95,7 +96,7 @@ def test_labels_confidence_and_label_info_pair_by_exact_stamp_for_every_frame(sm
         probe.listen(f"/davss_segmenter/{topic}", Image)
     probe.listen("/davss_segmenter/frame_info", FrameInfo)
     probe.listen("/davss_segmenter/label_info", label_info_class(), latched_qos())
-    seg = _start(domain, small_yaml, **{"schedule.key_interval": 3})
+    seg = _start(domain, small_yaml, probe, **{"schedule.key_interval": 3})
     try:
         probe.wait_matched(["/image"], ["/davss_segmenter/labels",
                                         "/davss_segmenter/confidence"])
@@ -131,9 +132,9 @@ def test_budget_schedule_keys_when_there_is_time_and_propagates_when_behind():
     domain = _domain_id()
     probe = Probe(domain)
     probe.listen("/davss_segmenter/frame_info", FrameInfo)
-    seg = Segmenter(domain, {"model.checkpoint": "untrained", "model.device": "cpu",
-                             "model.threads": 1, "schedule.policy": "budget",
-                             "schedule.max_interval": 6, "schedule.key_interval": 1})
+    seg = Segmenter(domain, share=probe, overrides={
+        "model.checkpoint": "untrained", "model.device": "cpu", "model.threads": 1,
+        "schedule.policy": "budget", "schedule.max_interval": 6, "schedule.key_interval": 1})
     node = seg.node
     assert node.trigger_configure() == SUCCESS, node.configure_error
     assert node.trigger_activate() == SUCCESS
@@ -189,7 +190,7 @@ def test_two_cameras_in_one_node_have_their_own_outputs_state_and_diagnostics(sm
         probe.listen(f"{node_ns}/{cam}/frame_info", FrameInfo)
         probe.listen(f"{node_ns}/{cam}/label_info", label_info_class(), latched_qos())
     probe.listen("/diagnostics", DiagnosticArray)
-    seg = _start(domain, small_yaml, image_topics=["/front/image_raw", "/rear/image_raw"],
+    seg = _start(domain, small_yaml, probe, image_topics=["/front/image_raw", "/rear/image_raw"],
                  **{"schedule.key_interval": 3})
     node = seg.node
     try:

@@ -9,6 +9,12 @@ what to measure.
 
 Each side is its own rclpy Context, so its own DDS participant: messages really cross
 FastDDS (LARGE_DATA, see ``davss_ros.ros.env``) even when both sides live in one process.
+Or both sides share one Context (``share=``): the tests of the node's behaviour do, so that
+they do not hang on discovery between two participants (with LARGE_DATA a participant that
+joins late is found only at the other's next announcement, every 3 s, and discovery has
+been seen to time out under load); messages still pass FastDDS's writer and reader,
+serialised. The transport tests (test_transport.py, test_large_frames.py, the node process
+tests) keep the two participants apart.
 
 - :class:`Participant`: a Context with its nodes and an executor spinning on a
   background thread (``davss_ros.ros.spin.BackgroundSpin``).
@@ -88,7 +94,10 @@ class Participant:
     """One rclpy Context (one DDS participant), its nodes and a spinning executor."""
 
     def __init__(self, domain_id: int | None = None, *, threads: int = 1,
-                 name: str = "davss_harness") -> None:
+                 name: str = "davss_harness", share: Participant | None = None) -> None:
+        """``share``: use that participant's Context (one DDS participant for both: the
+        two sides then match inside FastDDS, with no discovery between participants)
+        instead of a new one; the Context is shut down when the last of them closes."""
         ensure_large_data_transport()
         import rclpy
         from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
@@ -96,9 +105,14 @@ class Participant:
         from davss_ros.ros.spin import BackgroundSpin
 
         self._rclpy = rclpy
-        self.context = rclpy.Context()
-        init = {} if domain_id is None else {"domain_id": domain_id}
-        rclpy.init(context=self.context, **init)
+        if share is None:
+            self.context = rclpy.Context()
+            init = {} if domain_id is None else {"domain_id": domain_id}
+            rclpy.init(context=self.context, **init)
+            self._sharing: list[Participant] = []
+        else:
+            self.context, self._sharing = share.context, share._sharing
+        self._sharing.append(self)
         self.nodes: list = []
         self.executor = (MultiThreadedExecutor(num_threads=threads, context=self.context)
                          if threads > 1 else SingleThreadedExecutor(context=self.context))
@@ -155,7 +169,9 @@ class Participant:
                     node.destroy_node()
                 except Exception:
                     pass
-        self._rclpy.try_shutdown(context=self.context)
+        self._sharing.remove(self)
+        if not self._sharing:
+            self._rclpy.try_shutdown(context=self.context)
 
 
 class NodeHost(Participant):
@@ -163,8 +179,8 @@ class NodeHost(Participant):
 
     def __init__(self, domain_id: int | None = None, overrides: dict | None = None, *,
                  name: str | None = None, namespace: str = "", cli_args: list[str] | None = None,
-                 threads: int = 2) -> None:
-        super().__init__(domain_id, threads=threads, name="segmenter")
+                 threads: int = 2, share: Participant | None = None) -> None:
+        super().__init__(domain_id, threads=threads, name="segmenter", share=share)
         if overrides is not None:
             self.add(overrides, name=name, namespace=namespace, cli_args=cli_args)
 
@@ -291,8 +307,8 @@ class Camera(Participant):
     """The other side of the node: publishes frames and records what comes back."""
 
     def __init__(self, domain_id: int | None = None, *, name: str = "davss_camera",
-                 namespace: str = "", threads: int = 2) -> None:
-        super().__init__(domain_id, threads=threads, name=name)
+                 namespace: str = "", threads: int = 2, share: Participant | None = None) -> None:
+        super().__init__(domain_id, threads=threads, name=name, share=share)
         self.node = self.create_node(name, namespace=namespace or None)
         self.cond = threading.Condition()
         self.got: dict[str, list] = {}

@@ -4,8 +4,9 @@ The node and a "camera" node that publishes frames and records what comes back s
 rclpy Context (one DDS participant: messages pass FastDDS's writers and readers,
 serialised, with no discovery between participants to wait on or time out; see
 davss_ros.tools.harness). The test of the node process, and test_transport.py and
-test_large_frames.py, cross between processes. Frames are sent closed-loop (the next one after the previous output arrived),
-so nothing is dropped and key-frame patterns are deterministic.
+test_large_frames.py, cross between processes. Frames are sent closed-loop (the next one
+after the previous output arrived), so nothing is dropped and key-frame patterns are
+deterministic.
 """
 
 from __future__ import annotations

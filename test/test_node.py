@@ -209,7 +209,8 @@ def test_nothing_is_published_before_activation(seg, probe):
     if node.state == "unconfigured":
         assert node.trigger_configure() == SUCCESS
     assert node.state == "inactive"
-    late = Probe(_domain_id())  # a late subscriber for the transient-local label table
+    # a late subscriber for the transient-local label table
+    late = Probe(_domain_id(), name="late_camera", share=probe)
     try:
         # The outputs exist (created by configure) and are matched, but stay silent.
         probe.wait_matched([], [t for t in probe.subs if t != "/diagnostics"])

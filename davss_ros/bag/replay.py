@@ -281,7 +281,12 @@ class _Replay:
             self.harness.attach()
         else:
             node_info = self._start_node()
-        player = self.harness.camera(name="davss_replay_player", threads=1).node
+        # The player shares the in-process node's participant: no discovery to wait on, and
+        # no LARGE_DATA TCP connection between the two whose teardown can block in FastDDS
+        # (seen: destroying the node hung for good in 1 of 7 test runs). An --external node
+        # is another process: a participant of its own.
+        player = self.harness.camera(name="davss_replay_player", threads=1,
+                                     share=self.host).node
         self.player = player
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                          reliability=ReliabilityPolicy.RELIABLE)

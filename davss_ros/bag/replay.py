@@ -1,7 +1,8 @@
 """``davss replay BAG``: play a bag's camera topic through the segmenter node and score it.
 
-The node runs in this process (its own rclpy Context, so every message crosses FastDDS) or,
-with ``--external``, is a running ``davss_segmenter`` found by namespace. Frames are
+The node runs in this process (in the player's rclpy Context: one DDS participant, every
+message through FastDDS's writer and reader, no discovery between participants) or, with
+``--external``, is a running ``davss_segmenter`` found by namespace. Frames are
 published as the bag's raw CDR bytes, in one of two modes:
 
 - closed-loop (default): the next frame goes out once the labels and frame info of the

@@ -28,8 +28,11 @@ DISTORTION_METRICS = ("mean", "ratio")
 # paper's "without DGFC" ablation, for a model trained that way).
 DISTORTION_MAPS = ("predicted", "constant")
 # The distortion estimator: DMNet alone (the paper), or DMNet refined by free signals with a
-# learned fusion floor (davss_ros.model.refiner; trained in stage 4).
-DISTORTIONS = ("paper", "signals")
+# learned fusion floor (davss_ros.model.refiner; trained in stage 4); "signals_mix" adds a
+# learned per-class mixing of the propagated logits and the cue to that fusion.
+DISTORTIONS = ("paper", "signals", "signals_mix")
+# The estimators with the signals refiner (stage 4 trains it).
+REFINED_DISTORTIONS = ("signals", "signals_mix")
 
 
 @dataclass
@@ -92,7 +95,9 @@ class ModelConfig:
     distortion_map: str = "predicted"
     # "paper": DMNet's M fuses as Eq. 4. "signals": DMNet's M, the cue/propagated softmax
     # distance, both confidences and the photometric error go through a small head
-    # (davss_ros.model.refiner) whose map fuses with a learned floor. Architecture.
+    # (davss_ros.model.refiner) whose map fuses with a learned floor. "signals_mix": as
+    # signals, plus a learned 1x1 mixing of f_P, f_CC and both weighted by the fusion weight,
+    # added to Eq. 4 (zero at the start of training). Architecture.
     distortion: str = "paper"
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)

@@ -313,6 +313,14 @@ def network_reports(cfg: DavssConfig, *, transposed: str = "input") -> dict[str,
             signals = torch.empty(1, len(SIGNALS), m.input_height // 4, m.input_width // 4)
         # its head; the sigmoid and the floor's multiply-add are not counted elsewhere either
         reports["refiner"] = count(net.refiner.head, signals)
+        if net.refiner.mix is not None:  # signals_mix: its 1x1 mixing over four logit maps
+            with torch.device("meta"):
+                stacked = torch.empty(1, 4 * m.num_classes, m.input_height // 4,
+                                      m.input_width // 4)
+            mix = count(net.refiner.mix, stacked)
+            head = reports["refiner"]
+            reports["refiner"] = FlopsReport(rows=head.rows + mix.rows,
+                                             uncounted=head.uncounted | mix.uncounted)
     return reports
 
 

@@ -561,6 +561,53 @@ def test_signals_run_reuses_the_paper_stages_and_trains_only_the_refiner(tmp_pat
         assert r.labels.shape == (H, W) and r.valid
 
 
+def test_signals_mix_trains_its_mixing_in_stage_4_from_the_shared_stages(tmp_path, data_root,
+                                                                         capsys):
+    base = write_config(tmp_path / "base.yaml", tiny_config(data_root))
+    assert train(base, tmp_path / "base") == 0
+    data = tiny_config(data_root, s4={"iterations": 3, "batch_size": 2, "max_distance": 3,
+                                      "log_every": 1})
+    data["model"] = {**data["model"], "distortion": "signals_mix"}
+    mix = write_config(tmp_path / "mix.yaml", data)
+    capsys.readouterr()
+    assert train(mix, tmp_path / "mix", "--reuse", str(tmp_path / "base")) == 0
+    text = capsys.readouterr().out
+    assert all(f"stage {n}: reusing" in text for n in range(4))
+    w = _weights(tmp_path / "mix" / "final.pt")
+    assert w["refiner.mix.weight"].shape == (19, 4 * 19, 1, 1)
+    assert w["refiner.mix.weight"].abs().sum() > 0  # it started at zero
+    final = load_checkpoint(tmp_path / "mix" / "final.pt")
+    assert final.config.model.distortion == "signals_mix"
+    seg = VideoSegmenter({"model": {"mode": "davss", "input_height": H, "input_width": W}},
+                         checkpoint=tmp_path / "mix" / "final.pt", device="cpu")
+    for i in range(3):
+        r = seg.step(np.random.default_rng(i).integers(0, 256, (H, W, 3), np.uint8))
+        assert r.labels.shape == (H, W) and r.valid
+
+
+def test_the_signals_mix_fusion_adds_its_mixing_to_eq4_scaled_by_the_trust():
+    cfg = load_config({"model": {**TINY_MODEL, "distortion": "signals_mix"}}).model
+    torch.manual_seed(0)
+    net = build_davss_net(cfg).eval()
+    step = net.non_key_step(build_flow(cfg.flow, None))
+    g = torch.Generator().manual_seed(2)
+    cue, prop = torch.randn(1, 19, 4, 8, generator=g), torch.randn(1, 19, 4, 8, generator=g)
+    w = torch.rand(1, 1, 4, 8, generator=g)
+    eq4 = prop * (1 - w) + cue * w
+    with torch.no_grad():
+        assert torch.equal(step.fuse("davss", prop, cue, w), eq4)  # zero at the start
+        net.refiner.mix.weight.normal_(generator=g)
+        net.refiner.mix.bias.fill_(0.5)
+        extra = net.refiner.mix(torch.cat([prop, cue, w * prop, w * cue], dim=1))
+        assert extra.abs().mean() > 0.1
+        torch.testing.assert_close(step.fuse("davss", prop, cue, w), eq4 + extra)
+        torch.testing.assert_close(step.fuse("davss", prop, cue, w, trust=0.5), eq4 + 0.5 * extra)
+        torch.testing.assert_close(step.fuse("davss", prop, cue, w, trust=0.0), eq4)
+        # accel has its own fusion, untouched by the refiner's mixing
+        assert torch.equal(step.fuse("accel", prop, cue, None),
+                           net.accel_fusion(prop, cue))
+
+
 def test_the_signals_refiner_fuses_with_its_floored_weight_and_reports_its_own_map():
     cfg = load_config({"model": {**TINY_MODEL, "distortion": "signals"}}).model
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import REFINED_DISTORTIONS, ModelConfig
 from ..registry import FLOW_PROVIDERS
 from .cfnet import CFNet
 from .dmnet import DMNet
@@ -28,7 +28,8 @@ class DavssNet(nn.Module):
       learned 1x1 fusion.
     - ``fusion``: DAVSS's distortion-guided fusion (Eq. 4; no weights).
     - ``refiner``: the ``signals`` distortion estimator and fusion floor
-      (:mod:`davss_ros.model.refiner`) when ``config.distortion`` is ``signals``, else None.
+      (:mod:`davss_ros.model.refiner`) when ``config.distortion`` is ``signals`` or
+      ``signals_mix`` (with its mixing), else None.
     """
 
     def __init__(self, config: ModelConfig, *, segmenter: DeepLabV3Plus,
@@ -68,5 +69,7 @@ def build_davss_net(cfg: ModelConfig) -> DavssNet:
         cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
         accel_cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
         accel_fusion=AccelFusion(cfg.num_classes),
-        refiner=DistortionRefiner() if cfg.distortion == "signals" else None,
+        refiner=(DistortionRefiner(num_classes=cfg.num_classes if cfg.distortion == "signals_mix"
+                                   else None)
+                 if cfg.distortion in REFINED_DISTORTIONS else None),
     )

@@ -14,7 +14,9 @@ distance between the softmax of the correction cue and of the propagated logits 
 predicts the distortion map M_s (1 where the propagated label is wrong). The fusion weight
 is ``a + b * M_s`` (clamped to [0, 1]) with two learned scalars; a = 0, b = 1 is the paper's
 Eq. 4 on M_s. Both are trained in stage 4 with the fused output's loss and a BCE on M_s,
-and used the same way at inference (:class:`~davss_ros.model.step.NonKeyStep`).
+and used the same way at inference (:class:`~davss_ros.model.step.NonKeyStep`). The
+``signals_mix`` estimator adds a learned mixing term to the fused logits (see
+:class:`DistortionRefiner`), trained with them in stage 4.
 
 The signals lean on the light branch: where it is wrong everywhere (a camera or a light it
 was not trained for) the cue/propagated distance is high everywhere and the refined map
@@ -56,12 +58,20 @@ def distortion_signals(dmnet_map: torch.Tensor, cue: torch.Tensor, propagated: t
 
 
 class DistortionRefiner(nn.Module):
-    """Signals -> distortion map M_s (sigmoid) and the fusion weight a + b * M_s."""
+    """Signals -> distortion map M_s (sigmoid) and the fusion weight a + b * M_s.
 
-    def __init__(self, hidden: int = 16) -> None:
+    ``num_classes`` (the ``signals_mix`` estimator): also a learned 1x1 mixing over
+    [f_P, f_CC, w f_P, w f_CC] (w: the fusion weight), added to Eq. 4's output: per-class
+    gains and cross-class terms for the propagated logits and the cue, alike everywhere
+    (Accel's fusion is such a mixing of f_P and its own branch) and gated by the distortion
+    weight. Zero at the start, so an untrained mixing leaves Eq. 4 as it is."""
+
+    def __init__(self, hidden: int = 16, num_classes: int | None = None) -> None:
         super().__init__()
         if hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {hidden}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.head = nn.Sequential(
             nn.Conv2d(len(SIGNALS), hidden, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True),
@@ -69,6 +79,11 @@ class DistortionRefiner(nn.Module):
         # The floor a and slope b of the fusion weight; a = 0, b = 1 is Eq. 4 on M_s.
         self.floor = nn.Parameter(torch.zeros(()))
         self.slope = nn.Parameter(torch.ones(()))
+        self.mix = None
+        if num_classes is not None:
+            self.mix = nn.Conv2d(4 * num_classes, num_classes, 1)
+            nn.init.zeros_(self.mix.weight)
+            nn.init.zeros_(self.mix.bias)
 
     def forward(self, signals: torch.Tensor) -> torch.Tensor:
         if signals.dim() != 4 or signals.shape[1] != len(SIGNALS):
@@ -79,6 +94,13 @@ class DistortionRefiner(nn.Module):
     def fusion_weight(self, distortion_map: torch.Tensor) -> torch.Tensor:
         """The weight of the correction cue in Eq. 4: a + b * M_s, clamped to [0, 1]."""
         return (self.floor + self.slope * distortion_map).clamp(0.0, 1.0)
+
+    def mixing(self, propagated: torch.Tensor, cue: torch.Tensor,
+               weight: torch.Tensor) -> torch.Tensor | None:
+        """The mixing term added to Eq. 4's output (N x C x h x w), None without one."""
+        if self.mix is None:
+            return None
+        return self.mix(torch.cat([propagated, cue, weight * propagated, weight * cue], dim=1))
 
 
 def cue_trust(cue: torch.Tensor, key_logits: torch.Tensor) -> float:

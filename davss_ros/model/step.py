@@ -213,8 +213,23 @@ class NonKeyStep:
                           (estimate.warped_image, estimate.current_image))
                 distortion_map, weight = self.fusion_weight(distortion_map, cue, propagated,
                                                             images, trust=trust)
-            fused = getattr(self.net, spec.fusion)(propagated, cue, weight)
+            fused = self.fuse(mode, propagated, cue, weight, trust=trust)
         return cue, fused, distortion_map
+
+    def fuse(self, mode: str, propagated: torch.Tensor, cue: torch.Tensor,
+             weight: torch.Tensor | None, *, trust: float = 1.0) -> torch.Tensor:
+        """The mode's fusion of ``propagated`` and ``cue`` (``weight``: what Eq. 4 gives the
+        cue, for davss). With the ``signals_mix`` estimator the refiner's mixing term is
+        added, scaled by the ``trust`` like the refined weight (0: the paper's fusion)."""
+        spec = mode_spec(mode)
+        fused = getattr(self.net, spec.fusion)(propagated, cue, weight)
+        refiner = self.refiner
+        if (spec.distortion and refiner is not None and self.fusion_map != "constant"
+                and trust > 0.0):
+            extra = refiner.mixing(propagated, cue, weight)
+            if extra is not None:
+                fused = fused + (extra if trust >= 1.0 else trust * extra)
+        return fused
 
     def fusion_weight(self, distortion_map: torch.Tensor, cue: torch.Tensor,
                       propagated: torch.Tensor,

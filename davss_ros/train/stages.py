@@ -311,7 +311,7 @@ class RefinerStep(nn.Module):
             m = step.distortion(prop_image, current_image)
             cue = self.net.cfnet(current)
         refined, weight = step.fusion_weight(m, cue, prop, (prop_image, current_image))
-        fused = self.net.fusion(prop, cue, weight)
+        fused = step.fuse("davss", prop, cue, weight)
         size = current.shape[-2:]
         target = pseudo_label(current_logits, size)
         if self.target != "segmenter" and "label" in batch:

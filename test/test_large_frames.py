@@ -184,7 +184,7 @@ CROSS_PROCESS_DISCOVERY = (
     "never discover each other (the camera sees the probe participant of the same process, "
     "the node does not see the camera). scripts/discovery_loop.py repeats this test's "
     "set-up: 6 of 40 rounds failed with LARGE_DATA everywhere, 0 of 80 with DEFAULT "
-    "everywhere (and LARGE_DATA?tcp_negotiation_timeout=200 did not help: 2 of 25), so the "
+    "everywhere (and LARGE_DATA?tcp_negotiation_timeout=200 did not help: 4 of 40), so the "
     "failure is the LARGE_DATA transports' (TCP metatraffic), not the node's or the "
     "harness's. The tests keep LARGE_DATA because it is what the node runs with")
 

@@ -532,14 +532,15 @@ def test_inference_only_model_fields_leave_the_stage_fingerprints_alone(data_roo
     assert [other.fingerprint(n) for n in range(4)] == [base.fingerprint(n) for n in range(4)]
 
 
-def test_signals_run_reuses_the_paper_stages_and_trains_only_the_refiner(tmp_path, data_root,
-                                                                          capsys):
+@pytest.mark.parametrize("distortion", ["signals", "signals_mix"])
+def test_a_refined_run_reuses_the_paper_stages_and_trains_only_the_refiner(
+        tmp_path, data_root, capsys, distortion):
     base = write_config(tmp_path / "base.yaml", tiny_config(data_root))
     assert train(base, tmp_path / "base") == 0
     assert "stage 4 (signals distortion estimator): skipped" in capsys.readouterr().out
     data = tiny_config(data_root, s4={"iterations": 3, "batch_size": 2, "max_distance": 3,
                                       "log_every": 1})
-    data["model"] = {**data["model"], "distortion": "signals"}
+    data["model"] = {**data["model"], "distortion": distortion}
     sig = write_config(tmp_path / "signals.yaml", data)
     capsys.readouterr()
     assert train(sig, tmp_path / "signals", "--reuse", str(tmp_path / "base")) == 0
@@ -550,36 +551,17 @@ def test_signals_run_reuses_the_paper_stages_and_trains_only_the_refiner(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)  # the paper's networks are untouched
     refiner = [k for k in b if k.startswith("refiner.")]
     assert refiner and not any(k in a for k in refiner)
+    if distortion == "signals_mix":
+        assert b["refiner.mix.weight"].shape == (19, 4 * 19, 1, 1)
+        assert b["refiner.mix.weight"].abs().sum() > 0  # it started at zero
+    else:
+        assert not any(k.startswith("refiner.mix") for k in refiner)
     with open(tmp_path / "signals" / "stage4.csv") as f:
         assert {"CE", "BCE", "floor", "slope"} <= set(next(csv.DictReader(f)))
     final = load_checkpoint(tmp_path / "signals" / "final.pt")
-    assert final.config.model.distortion == "signals"
+    assert final.config.model.distortion == distortion
     seg = VideoSegmenter({"model": {"mode": "davss", "input_height": H, "input_width": W}},
                          checkpoint=tmp_path / "signals" / "final.pt", device="cpu")
-    for i in range(3):
-        r = seg.step(np.random.default_rng(i).integers(0, 256, (H, W, 3), np.uint8))
-        assert r.labels.shape == (H, W) and r.valid
-
-
-def test_signals_mix_trains_its_mixing_in_stage_4_from_the_shared_stages(tmp_path, data_root,
-                                                                         capsys):
-    base = write_config(tmp_path / "base.yaml", tiny_config(data_root))
-    assert train(base, tmp_path / "base") == 0
-    data = tiny_config(data_root, s4={"iterations": 3, "batch_size": 2, "max_distance": 3,
-                                      "log_every": 1})
-    data["model"] = {**data["model"], "distortion": "signals_mix"}
-    mix = write_config(tmp_path / "mix.yaml", data)
-    capsys.readouterr()
-    assert train(mix, tmp_path / "mix", "--reuse", str(tmp_path / "base")) == 0
-    text = capsys.readouterr().out
-    assert all(f"stage {n}: reusing" in text for n in range(4))
-    w = _weights(tmp_path / "mix" / "final.pt")
-    assert w["refiner.mix.weight"].shape == (19, 4 * 19, 1, 1)
-    assert w["refiner.mix.weight"].abs().sum() > 0  # it started at zero
-    final = load_checkpoint(tmp_path / "mix" / "final.pt")
-    assert final.config.model.distortion == "signals_mix"
-    seg = VideoSegmenter({"model": {"mode": "davss", "input_height": H, "input_width": W}},
-                         checkpoint=tmp_path / "mix" / "final.pt", device="cpu")
     for i in range(3):
         r = seg.step(np.random.default_rng(i).integers(0, 256, (H, W, 3), np.uint8))
         assert r.labels.shape == (H, W) and r.valid

@@ -567,11 +567,16 @@ def test_a_refined_run_reuses_the_paper_stages_and_trains_only_the_refiner(
         assert r.labels.shape == (H, W) and r.valid
 
 
-def test_the_signals_mix_fusion_adds_its_mixing_to_eq4_scaled_by_the_trust():
-    cfg = load_config({"model": {**TINY_MODEL, "distortion": "signals_mix"}}).model
+def _refined_net(distortion: str):
+    """A tiny net with a refined distortion estimator (seed 0, eval mode) and its step."""
+    cfg = load_config({"model": {**TINY_MODEL, "distortion": distortion}}).model
     torch.manual_seed(0)
     net = build_davss_net(cfg).eval()
-    step = net.non_key_step(build_flow(cfg.flow, None))
+    return net, net.non_key_step(build_flow(cfg.flow, None))
+
+
+def test_the_signals_mix_fusion_adds_its_mixing_to_eq4_scaled_by_the_trust():
+    net, step = _refined_net("signals_mix")
     g = torch.Generator().manual_seed(2)
     cue, prop = torch.randn(1, 19, 4, 8, generator=g), torch.randn(1, 19, 4, 8, generator=g)
     w = torch.rand(1, 1, 4, 8, generator=g)
@@ -591,10 +596,7 @@ def test_the_signals_mix_fusion_adds_its_mixing_to_eq4_scaled_by_the_trust():
 
 
 def test_the_signals_refiner_fuses_with_its_floored_weight_and_reports_its_own_map():
-    cfg = load_config({"model": {**TINY_MODEL, "distortion": "signals"}}).model
-    torch.manual_seed(0)
-    net = build_davss_net(cfg).eval()
-    step = net.non_key_step(build_flow(cfg.flow, None))
+    net, step = _refined_net("signals")
     g = torch.Generator().manual_seed(0)
     key, cur = torch.rand(1, 3, H, W, generator=g), torch.rand(1, 3, H, W, generator=g)
     state = PropagationState.from_key(key, torch.randn(1, 19, H // 4, W // 4, generator=g))
@@ -632,10 +634,7 @@ def test_cue_trust_maps_the_key_frame_agreement_onto_zero_to_one():
 
 
 def test_the_signals_fusion_blends_with_dmnets_by_the_trust():
-    cfg = load_config({"model": {**TINY_MODEL, "distortion": "signals"}}).model
-    torch.manual_seed(0)
-    net = build_davss_net(cfg).eval()
-    step = net.non_key_step(build_flow(cfg.flow, None))
+    net, step = _refined_net("signals")
     g = torch.Generator().manual_seed(1)
     m = torch.rand(1, 1, 4, 8, generator=g)
     cue, prop = torch.randn(1, 19, 4, 8, generator=g), torch.randn(1, 19, 4, 8, generator=g)

@@ -61,6 +61,10 @@ def build_davss_net(cfg: ModelConfig) -> DavssNet:
     """All networks of ``cfg`` with fresh weights."""
     FLOW_PROVIDERS.check("flow.provider", cfg.flow.provider)
     with_flownet = FLOW_PROVIDERS.get(cfg.flow.provider).needs_network
+    refiner = None
+    if cfg.distortion in REFINED_DISTORTIONS:
+        mixing = cfg.distortion == "signals_mix"
+        refiner = DistortionRefiner(num_classes=cfg.num_classes if mixing else None)
     return DavssNet(
         cfg,
         segmenter=build_segmenter(cfg.segmenter, num_classes=cfg.num_classes),
@@ -69,7 +73,5 @@ def build_davss_net(cfg: ModelConfig) -> DavssNet:
         cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
         accel_cfnet=CFNet(cfg.num_classes, width_mult=cfg.cfnet.width_mult),
         accel_fusion=AccelFusion(cfg.num_classes),
-        refiner=(DistortionRefiner(num_classes=cfg.num_classes if cfg.distortion == "signals_mix"
-                                   else None)
-                 if cfg.distortion in REFINED_DISTORTIONS else None),
+        refiner=refiner,
     )

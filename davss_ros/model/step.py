@@ -228,7 +228,7 @@ class NonKeyStep:
                 and trust > 0.0):
             extra = refiner.mixing(propagated, cue, weight)
             if extra is not None:
-                fused = fused + (extra if trust >= 1.0 else trust * extra)
+                fused = fused + trust * extra
         return fused
 
     def fusion_weight(self, distortion_map: torch.Tensor, cue: torch.Tensor,

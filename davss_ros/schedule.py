@@ -25,18 +25,20 @@ Policies (``ScheduleConfig.policy``):
   measured to bound the next one's cost, where an average key frame fits the budget.
 
 The budget (:func:`key_budget_ms`) is the most worker time the frame may take without any
-camera dropping a frame later, if the frames after it are propagated. The worker keeps one
-waiting frame per camera, and a frame is dropped when the next one of its camera arrives
-before the worker has taken it; so a frame must be started within one period of its
-arrival. The time saved on cheap (propagated) frames is banked as the worker's lead on those
-deadlines, up to what the one-frame slots can hold: a key frame is allowed once the lead
-covers its cost, and it is spent again by the key frame. With one camera at period P and
-the worker L late on this frame, the budget is 2P - L: the next frame may wait in the slot
-until the one after it arrives. Several cameras are the same computation over all of their
-arrivals, oldest first, as the worker serves them; a camera propagated for longer than this
-one has the prior claim, and the time its next key frame needs is kept for it. The key cost
-compared with the budget is a :class:`CostEstimate` bound (the slowest of the last
-:data:`COST_WINDOW` key frames), so a key frame is placed only where even a slow one fits.
+camera dropping a frame later, if the frames after it are propagated. The worker keeps up to
+``depth`` waiting frames per camera (the node's ``input.queue_depth``, 1 by default), and a
+frame is dropped when ``depth`` newer ones of its camera arrive before the worker has taken
+it; so a frame must be started within ``depth`` periods of its arrival. The time saved on
+cheap (propagated) frames is banked as the worker's lead on those deadlines, up to what the
+queues can hold: a key frame is allowed once the lead covers its cost, and it is spent
+again by the key frame. With one camera at period P, a queue of one frame and the worker L
+late on this frame, the budget is 2P - L: the next frame may wait in the slot until the one
+after it arrives; a queue of D frames makes it (D + 1)P - L. Several cameras are the same
+computation over all of their arrivals, oldest first, as the worker serves them; a camera
+propagated for longer than this one has the prior claim, and the time its next key frame
+needs is kept for it. The key cost compared with the budget is a :class:`CostEstimate`
+bound (the slowest of the last :data:`COST_WINDOW` key frames), so a key frame is placed
+only where even a slow one fits.
 
 Every policy also cuts on a scene change: the photometric error of the warped key image
 against the current frame above ``scene_cut_factor`` times its running level and above
@@ -164,16 +166,19 @@ class StreamLoad:
     """One camera as the shared worker sees it when a frame starts (times in ms from then).
 
     ``next_arrival_ms``: when its next frame is due (clamped to >= 0); ``frame_ms``: the
-    worker time one of its propagated frames takes; ``waiting_since_ms``: the arrival (<= 0)
-    of its frame waiting in the worker's slot, None when none waits; ``claim_ms``: what its
-    first frame ahead (the waiting one, else the next) is counted as costing, when it has
-    the prior claim to a key frame (None: ``frame_ms``).
+    worker time one of its propagated frames takes; ``waiting_ms``: the arrivals (<= 0) of
+    its frames waiting in the worker's queue, oldest first; ``depth``: how many frames its
+    queue holds (a frame is dropped when ``depth`` newer ones of its camera have arrived
+    before the worker starts it); ``claim_ms``: what its first frame ahead (the oldest
+    waiting one, else the next) is counted as costing, when it has the prior claim to a key
+    frame (None: ``frame_ms``).
     """
 
     period_ms: float
     next_arrival_ms: float
     frame_ms: float
-    waiting_since_ms: float | None = None
+    waiting_ms: tuple[float, ...] = ()
+    depth: int = 1
     claim_ms: float | None = None
 
 
@@ -182,14 +187,15 @@ def key_budget_ms(streams: list[StreamLoad], current: int, *,
     """The most worker time the frame starting now, of ``streams[current]``, may take
     without a later frame of any stream being dropped, when every later frame is propagated.
 
-    The worker serves frames oldest first; a frame is dropped when the next frame of its
-    stream arrives before the worker has started it, so each frame's deadline is its
-    stream's next arrival. With the frame costing its stream's ``frame_ms`` the schedule
-    ahead is simulated; an extra x ms on this frame delays a later start by x less the idle
-    time before it, so the budget is ``frame_ms`` + the least (deadline - start + idle so
-    far) over the frames ahead, up to ``horizon_frames`` periods of the fastest stream or
-    until the idle time exceeds that least value. Below ``frame_ms`` the stream cannot even keep up
-    by propagating. A stream with a ``claim_ms`` (one that has waited longer for its key
+    The worker serves frames oldest first; a frame is dropped when ``depth`` newer frames
+    of its stream have arrived before the worker has started it, so each frame's deadline
+    is the arrival of the frame ``depth`` after it (with a queue of one: the next). With
+    the frame costing its stream's ``frame_ms`` the schedule ahead is simulated; an extra
+    x ms on this frame delays a later start by x less the idle time before it, so the
+    budget is ``frame_ms`` + the least (deadline - start + idle so far) over the frames
+    ahead, up to ``horizon_frames`` periods of the fastest stream or until the idle time
+    exceeds that least value. Below ``frame_ms`` the stream cannot even keep up by
+    propagating. A stream with a ``claim_ms`` (one that has waited longer for its key
     frame) is counted with that cost for its first frame ahead, so the time its key frame
     needs is not given to this one: the cameras take turns.
     """
@@ -200,18 +206,25 @@ def key_budget_ms(streams: list[StreamLoad], current: int, *,
     for s in streams:
         if not (s.period_ms > 0 and math.isfinite(s.period_ms)):
             raise ValueError(f"a stream's period must be a positive number, got {s.period_ms}")
+        if int(s.depth) != s.depth or s.depth < 1 or len(s.waiting_ms) > s.depth:
+            raise ValueError(f"a stream's queue depth must be an integer >= 1 and at least "
+                             f"its waiting frames, got {s.depth} and {len(s.waiting_ms)}")
     # Up to the time every stream's arrivals are known (the fastest one's horizon).
     end = min(max(0.0, s.next_arrival_ms) + horizon_frames * s.period_ms for s in streams)
     frames = []  # (arrival, deadline, cost)
     for i, s in enumerate(streams):
         nxt = max(0.0, float(s.next_arrival_ms))
         first = s.frame_ms if s.claim_ms is None or i == current else s.claim_ms
-        if s.waiting_since_ms is not None:
-            frames.append((min(0.0, float(s.waiting_since_ms)), nxt, first))
+        # A frame's deadline is the arrival of the frame ``depth`` after it in its stream:
+        # for the k-th of w waiting frames, future arrival number k + depth - w.
+        waiting = len(s.waiting_ms)
+        for k, since in enumerate(s.waiting_ms):
+            frames.append((min(0.0, float(since)),
+                           nxt + (k + s.depth - waiting) * s.period_ms, first))
             first = s.frame_ms
         arrival = nxt
         while arrival < end:
-            frames.append((arrival, arrival + s.period_ms, first))
+            frames.append((arrival, arrival + s.depth * s.period_ms, first))
             first = s.frame_ms
             arrival += s.period_ms
     frames.sort(key=lambda f: f[0])

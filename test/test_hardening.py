@@ -687,3 +687,27 @@ def test_worker_keeps_one_slot_per_stream_and_takes_the_oldest_waiting_first():
     assert worker.wait_idle(timeout=5.0)
     assert processed == ["a0", "b1", "a2"]
     assert worker.stop(timeout=5.0)
+
+
+def test_worker_with_a_deeper_queue_keeps_that_many_frames_and_drops_the_oldest():
+    from davss_ros.ros.worker import LatestFrameWorker
+
+    with pytest.raises(ValueError, match="depth"):
+        LatestFrameWorker(lambda item: None, depth=0)
+    gate, processed = threading.Event(), []
+    worker = LatestFrameWorker(lambda item: (gate.wait(TIMEOUT), processed.append(item)),
+                               depth=2)
+    worker.offer("a0", "front")
+    deadline = time.monotonic() + TIMEOUT
+    while worker.waiting and time.monotonic() < deadline:  # a0 is being processed
+        time.sleep(0.005)
+    outcomes = [worker.offer("a1", "front"), worker.offer("b1", "rear"),
+                worker.offer("a2", "front"), worker.offer("a3", "front")]
+    # a1 and a2 fit the front queue; a3 drops a1, the oldest
+    assert outcomes == ["queued", "queued", "queued", "replaced"]
+    assert worker.waiting_items("front") == ["a2", "a3"] and worker.waiting == 3
+    assert worker.dropped_by("front") == 1 and worker.dropped_by("rear") == 0
+    gate.set()
+    assert worker.wait_idle(timeout=5.0)
+    assert processed == ["a0", "b1", "a2", "a3"]  # oldest first over both cameras
+    assert worker.stop(timeout=5.0)

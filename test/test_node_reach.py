@@ -3,6 +3,7 @@
 Real rclpy and FastDDS."""
 
 import collections
+import threading
 import time
 
 import numpy as np
@@ -176,6 +177,53 @@ def test_budget_schedule_keys_when_there_is_time_and_propagates_when_behind():
         reasons = collections.Counter(m.key_reason or "-" for m in fast)
         assert fast and sum(not m.is_key_frame for m in fast) > len(fast) / 2, reasons
         assert max(m.propagation_distance for m in fast) <= 6
+    finally:
+        seg.close()
+        probe.close()
+
+
+def test_a_deeper_input_queue_keeps_the_newest_frames_of_a_burst_and_drops_the_rest(small_yaml):
+    """input.queue_depth 3: while the worker is busy, a burst leaves its three newest
+    frames waiting; they are processed in order after the held one, every older frame is
+    dropped and counted."""
+    domain = _domain_id()
+    probe = Probe(domain)
+    probe.listen("/davss_segmenter/frame_info", FrameInfo)
+    seg = _start(domain, small_yaml, probe, **{"input.queue_depth": 3})
+    node = seg.node
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(_module, _inputs, _output):  # the worker sits in the first frame's segmenter
+        if not busy.is_set():
+            busy.set()
+            release.wait(TIMEOUT)
+
+    handle = node.segmenter.net.segmenter.register_forward_hook(hold)
+    burst = [frame(300 + i) for i in range(10)]
+    try:
+        probe.wait_matched(["/image"], ["/davss_segmenter/frame_info"])
+        seg.wait_input_matched(1)
+        probe.publisher("/image").publish(burst[0])
+        assert busy.wait(TIMEOUT), "the first frame never reached the model"
+        for msg in burst[1:]:
+            probe.publisher("/image").publish(msg)
+            time.sleep(0.02)
+        deadline = time.monotonic() + TIMEOUT
+        while node.stats.input_count + node.stats.lost < len(burst):
+            assert time.monotonic() < deadline, "the burst did not reach the node"
+            time.sleep(0.01)
+    finally:
+        release.set()
+        handle.remove()
+    try:
+        newest = [stamp_key(m.header) for m in burst[-3:]]
+        assert probe.wait(lambda: len(probe.got["/davss_segmenter/frame_info"]) >= 4)
+        assert node._worker.wait_idle(TIMEOUT)
+        infos = probe.messages("/davss_segmenter/frame_info")
+        assert [stamp_key(m.header) for m in infos] == [stamp_key(burst[0].header)] + newest
+        assert node.stats.output_count == 4
+        assert node.stats.dropped == node.stats.input_count - 4 >= 1
+        assert infos[-1].dropped_frames == node.stats.dropped
     finally:
         seg.close()
         probe.close()

@@ -300,8 +300,30 @@ def test_one_camera_budget_with_a_frame_already_waiting_ends_at_its_successor():
     # The worker is more than a period late: the next frame already waits and is dropped
     # when the one after it arrives, 10 ms from now.
     load = StreamLoad(period_ms=P30, next_arrival_ms=10.0, frame_ms=14.0,
-                      waiting_since_ms=-P30 + 10.0)
+                      waiting_ms=(-P30 + 10.0,))
     assert key_budget_ms([load], 0) == pytest.approx(10.0)
+
+
+def test_a_deeper_queue_gives_a_period_more_budget_per_frame_it_holds():
+    """With D frames queued per camera a frame is dropped only when D newer ones wait, so a
+    frame started L late may take (D + 1)P - L."""
+    for depth in (1, 2, 3):
+        for late in (0.0, 20.0):
+            load = StreamLoad(period_ms=P30, next_arrival_ms=P30 - late, frame_ms=14.0,
+                              depth=depth)
+            assert key_budget_ms([load], 0) == pytest.approx((depth + 1) * P30 - late)
+    # Two frames wait in a queue of two (the worker is late): the older one is dropped when
+    # the next frame arrives, 10 ms from now, unless the worker has started it by then.
+    load = StreamLoad(period_ms=P30, next_arrival_ms=10.0, frame_ms=14.0,
+                      waiting_ms=(-2 * P30 + 10.0, -P30 + 10.0), depth=2)
+    assert key_budget_ms([load], 0) == pytest.approx(10.0)
+    # One of two waits: it may wait for two more arrivals, the newer one's successor too.
+    load = StreamLoad(period_ms=P30, next_arrival_ms=10.0, frame_ms=14.0,
+                      waiting_ms=(-P30 + 10.0,), depth=2)
+    assert key_budget_ms([load], 0) == pytest.approx(10.0 + P30)
+    with pytest.raises(ValueError, match="depth"):
+        key_budget_ms([StreamLoad(period_ms=P30, next_arrival_ms=0.0, frame_ms=1.0,
+                                  waiting_ms=(-2.0, -1.0), depth=1)], 0)
 
 
 def test_overloaded_camera_has_a_budget_below_its_propagated_frame():
@@ -316,7 +338,7 @@ def test_two_cameras_budget_leaves_the_other_cameras_frames_their_deadlines():
     # camera 1's frame arrived 10 ms ago and waits: it must start before its next frame
     # arrives, p - 10 ms from now.
     cam1 = StreamLoad(period_ms=p, next_arrival_ms=p - 10.0, frame_ms=14.0,
-                      waiting_since_ms=-10.0)
+                      waiting_ms=(-10.0,))
     assert key_budget_ms([cam0, cam1], 0) == pytest.approx(p - 10.0)
     # Nothing waiting, camera 1 due in half a period. Its frame (due p/2, deadline 3p/2)
     # starts at p/2 after p/2 - 14 ms idle: 3p/2 - p/2 + (p/2 - 14) = 3p/2 - 14 to spare.
@@ -352,43 +374,44 @@ def test_key_budget_rejects_bad_input():
 
 
 # ---------------------------------------------- the budget policy on a simulated worker
-# A deterministic model of the node's worker (one waiting frame per camera, the oldest
-# served first, a frame replaced by its camera's next one is dropped) with fixed frame
-# costs: the scheduler decides, the model keeps the time. No clocks involved.
+# A deterministic model of the node's worker (up to ``depth`` waiting frames per camera, the
+# oldest served first, a camera's oldest waiting frame dropped when a newer one finds its
+# queue full) with fixed frame costs: the scheduler decides, the model keeps the time. No
+# clocks involved.
 
 
 def run_worker(policy: str, cameras: list[tuple[float, float]], key_ms: float, nonkey_ms: float,
-               frames: int, **cfg) -> list[dict]:
+               frames: int, depth: int = 1, **cfg) -> list[dict]:
     """cameras: (period, phase) in ms. Returns per camera: key frames, processed, dropped."""
     scheds = [KeyFrameScheduler(ScheduleConfig(policy=policy, **cfg)) for _ in cameras]
     costs = [CostEstimate() for _ in cameras]  # key frame costs, as the pipeline keeps them
     out = [{"keys": 0, "processed": 0, "dropped": 0, "reasons": Counter()} for _ in cameras]
     arrivals = sorted((phase + i * period, c) for c, (period, phase) in enumerate(cameras)
                       for i in range(frames))
-    slots: dict[int, float] = {}  # camera -> arrival of its waiting frame, oldest first
+    queues: list[list[float]] = [[] for _ in cameras]  # arrivals of the waiting frames
     last = [None] * len(cameras)
     free = 0.0  # when the worker is next free
     k = 0
-    while k < len(arrivals) or slots:
-        if not slots or (k < len(arrivals) and arrivals[k][0] < free):
+    while k < len(arrivals) or any(queues):
+        if not any(queues) or (k < len(arrivals) and arrivals[k][0] < free):
             t, c = arrivals[k]
             k += 1
             last[c] = t
-            if c in slots:  # the waiting frame is replaced: dropped
+            if len(queues[c]) == depth:  # the oldest waiting frame gives way: dropped
                 out[c]["dropped"] += 1
-                del slots[c]
-            slots[c] = t
-            free = max(free, t) if len(slots) == 1 and free < t else free
+                queues[c].pop(0)
+            queues[c].append(t)
+            free = max(free, t)  # an idle worker starts on arrival
             continue
-        c = next(iter(slots))
-        del slots[c]
+        c = min((q[0], i) for i, q in enumerate(queues) if q)[1]
+        queues[c].pop(0)
         now = free
         budget = None
         if policy == "budget":
             mine = scheds[c].propagation_distance
             loads = [StreamLoad(period_ms=p, next_arrival_ms=last[i] + p - now,
-                                frame_ms=nonkey_ms,
-                                waiting_since_ms=(slots[i] - now) if i in slots else None,
+                                frame_ms=nonkey_ms, depth=depth,
+                                waiting_ms=tuple(a - now for a in queues[i]),
                                 claim_ms=costs[i].bound if scheds[i].propagation_distance
                                 > mine else None)
                      for i, (p, _) in enumerate(cameras) if last[i] is not None]
@@ -422,6 +445,21 @@ def test_budget_drops_only_on_forced_key_frames_when_key_frames_never_fit():
     budget = run_worker("budget", [(P30, 0.0)], 75.0, 14.0, 90, max_interval=10)[0]
     assert budget["keys"] >= 8  # one key frame at the latest every max_interval + 1 frames
     assert budget["dropped"] <= budget["keys"] < fixed["dropped"]
+
+
+def test_a_deeper_queue_lets_budget_key_without_dropping_where_one_frame_cannot():
+    # 95 ms key frames at 30 Hz: longer than two periods, so with a one-frame queue every
+    # key frame costs a frame. A queue of three holds the frames that arrive meanwhile, and
+    # the propagated ones after the key frame catch up: budget keys as often as the time
+    # allows without a drop, more often than fixed 5, while fixed 4 falls behind and drops.
+    one = run_worker("budget", [(P30, 0.0)], 95.0, 18.0, 90, depth=1, max_interval=10)[0]
+    deep = run_worker("budget", [(P30, 0.0)], 95.0, 18.0, 90, depth=3, max_interval=10)[0]
+    fixed5 = run_worker("fixed", [(P30, 0.0)], 95.0, 18.0, 90, depth=3, key_interval=5)[0]
+    fixed4 = run_worker("fixed", [(P30, 0.0)], 95.0, 18.0, 90, depth=3, key_interval=4)[0]
+    assert one["dropped"] >= one["reasons"]["max_interval"] > 0 and one["reasons"]["slack"] == 0
+    assert deep["dropped"] == 0 and deep["processed"] == 90 and deep["reasons"]["slack"] > 0
+    assert deep["keys"] > fixed5["keys"] and deep["keys"] > 2 * one["keys"]
+    assert fixed4["dropped"] > 0
 
 
 def test_budget_shares_one_worker_between_two_cameras_without_dropping():

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import posixpath
 import signal
@@ -192,11 +191,10 @@ class _Camera:
     camera_info: CameraInfo | None = None  # the newest, republished with each frame
     framed_size: tuple[int, int] | None = None
     # The budget policy's view of the load: the newest arrival and the running average of
-    # the arrival intervals (s), the arrival of the frame the worker took last (s), and the
-    # worker's time per frame beyond the pipeline step (decoding, publishing; ms).
+    # the arrival intervals (s), and the worker's time per frame beyond the pipeline step
+    # (decoding, publishing; ms).
     last_arrival: float | None = None
     arrival_period: float | None = None
-    taken: float | None = None
     overhead: CostEstimate | None = None
     # frames lost in transport, per publisher and DDS's count (diagnostics.LossLedger)
     ledger: LossLedger = field(
@@ -306,7 +304,8 @@ class SegmenterNode(LifecycleNode):
         self._worker = LatestFrameWorker(
             self._process, on_error=lambda exc: self._frame_failed(None, exc),
             name=f"davss_worker{self.get_namespace().replace('/', '_')}",
-            on_discard=lambda item: item[0].record(self.stats).record_discard())
+            on_discard=lambda item: item[0].record(self.stats).record_discard(),
+            depth=settings.queue_depth)
         self._configure_error = ""
         self._state = "inactive"
         self.get_logger().info(
@@ -331,7 +330,7 @@ class SegmenterNode(LifecycleNode):
             for cam in self._cameras:
                 cam.ledger.restart()  # a new subscription: gaps and DDS counts afresh
                 cam.warned = set()
-                cam.last_arrival = cam.arrival_period = cam.taken = None
+                cam.last_arrival = cam.arrival_period = None
                 cam.overhead = CostEstimate()
                 cam.sub = self.create_subscription(
                     CompressedImage if compressed else Image,
@@ -812,7 +811,6 @@ class SegmenterNode(LifecycleNode):
                 record.record_discard()  # taken while leaving the active state
                 return
             t0 = time.perf_counter()
-            cam.taken = received
             try:
                 rgb = (compressed_to_rgb(msg) if isinstance(msg, CompressedImage)
                        else image_to_rgb(msg))
@@ -859,8 +857,8 @@ class SegmenterNode(LifecycleNode):
         dropped (budget policy; ``schedule.key_budget_ms``).
 
         Each camera as the worker sees it at ``started``: its period (the running average
-        of its arrival intervals), its next arrival (its newest plus a period), whether a
-        frame of it waits in the worker's slot, and what one of its propagated frames costs
+        of its arrival intervals), its next arrival (its newest plus a period), the frames
+        of it waiting in the worker's queue, and what one of its propagated frames costs
         the worker (the step's running time plus decoding and publishing). A camera gone
         quiet (no frame for four periods) takes no time; a camera propagated for longer
         than this one has its next frame counted as a key frame (its claim comes first).
@@ -869,6 +867,7 @@ class SegmenterNode(LifecycleNode):
         if cam.arrival_period is None or cam.overhead is None:
             return None
         mine = cam.seg.scheduler.propagation_distance
+        worker = self._worker
         loads, current = [], 0
         for other in self._cameras:
             p, last, seg = other.arrival_period, other.last_arrival, other.seg
@@ -878,13 +877,15 @@ class SegmenterNode(LifecycleNode):
             if other is cam:
                 current = len(loads)
                 last = max(last if last is not None else received, received)
-            waiting = last > (other.taken if other.taken is not None else -math.inf)
+            waiting = [it[2] for it in worker.waiting_items(other.name)] if worker else []
             overhead = other.overhead.mean or 0.0
             key = seg.key_cost_bound_ms
             loads.append(StreamLoad(
                 period_ms=p * 1e3, next_arrival_ms=(last + p - started) * 1e3,
                 frame_ms=(seg.expected_ms["nonkey"] or 0.0) + overhead,
-                waiting_since_ms=(last - started) * 1e3 if waiting else None,
+                waiting_ms=tuple((t - started) * 1e3 for t in waiting[-worker.depth:])
+                if worker else (),
+                depth=worker.depth if worker else 1,
                 # propagated for longer than this camera: its next key frame comes first
                 claim_ms=key + overhead if key is not None
                 and seg.scheduler.propagation_distance > mine else None))
@@ -1111,8 +1112,12 @@ def main(args: list[str] | None = None, *, exit_process: bool = True) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:
-        print(f"davss_segmenter: {_describe(exc)}", file=sys.stderr)
-        code = 1
+        # rclpy's SIGINT handler shuts the context down at once; a callback publishing at
+        # that moment (the diagnostics timer) fails with "publisher's context is invalid".
+        # That is the Ctrl-C, not a failure.
+        if rclpy.ok():
+            print(f"davss_segmenter: {_describe(exc)}", file=sys.stderr)
+            code = 1
     finally:
         # A second SIGINT (a terminal's Ctrl-C plus the one a launch file forwards) must not
         # break off the teardown with a KeyboardInterrupt.

@@ -130,6 +130,12 @@ SPECS: dict[str, Spec] = {
         "(JPEG or PNG, image_transport's 'compressed') on 'image/compressed', decoded off "
         "the subscription callback; corrupt or truncated data is a rejected frame.",
         choices=("raw", "compressed")),
+    "input.queue_depth": Spec(
+        1, "Frames of a camera that may wait for the worker. A frame is dropped when this "
+        "many newer ones of its camera wait: 1 always segments the newest frame (the lowest "
+        "latency). More lets a slow key frame be followed by quick propagated ones that "
+        "catch up, at up to queue_depth - 1 more periods of latency; the budget policy then "
+        "banks that much more time for key frames.", int_range=(1, 10, 1)),
     "input.max_stamp_gap": Spec(
         1.0, "Seconds: a header stamp jumping forward by more than this between two "
         "processed frames (camera pause, bag skipping ahead) resets the propagation, so the "
@@ -306,6 +312,7 @@ class NodeParams:
     input_height: int
     resize: str
     transport: str
+    queue_depth: int
     max_stamp_gap: float
     output_labels: bool
     output_labels_color: bool
@@ -340,6 +347,7 @@ def read(node: Node) -> NodeParams:
         input_height=values["input.height"],
         resize=values["input.resize"],
         transport=values["input.transport"],
+        queue_depth=values["input.queue_depth"],
         max_stamp_gap=float(values["input.max_stamp_gap"]),
         output_labels=values["output.labels"],
         output_labels_color=values["output.labels_color"],

@@ -1,10 +1,13 @@
-"""A worker thread with a one-frame slot per stream: the newest frame wins.
+"""A worker thread with a short queue per stream: the newest frames win.
 
-The subscription callback only drops the message into its stream's slot (one per camera)
-and returns, so the executor never waits for the network. When a frame arrives while the
-previous one of the same stream is still waiting, the waiting one is dropped and counted:
-under load the node segments the newest frame instead of building a queue of stale ones.
-The streams' waiting frames are taken oldest first, so no camera starves another.
+The subscription callback only drops the message into its stream's queue (one per camera,
+``depth`` frames, 1 by default) and returns, so the executor never waits for the network.
+When a frame arrives while ``depth`` older ones of the same stream are still waiting, the
+oldest is dropped and counted: under load the node segments the newest frames instead of
+building a queue of stale ones. A depth of 1 is the lowest latency (a frame waits at most
+one period); a deeper queue lets a slow frame (a key frame) be followed by quick ones that
+catch up, at up to ``depth - 1`` more periods of latency. Waiting frames are taken oldest
+first over all streams, so no camera starves another.
 
 Every submitted item ends in exactly one of: processed (``process`` returned or raised),
 dropped (replaced by a newer one), or discarded (cleared, or still waiting or refused when
@@ -13,6 +16,8 @@ the worker stopped; ``on_discard`` hears of each), so a caller can account for e
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -34,12 +39,17 @@ class LatestFrameWorker(Generic[T]):
     def __init__(self, process: Callable[[T], None],
                  on_error: Callable[[BaseException], None] | None = None,
                  name: str = "davss_worker",
-                 on_discard: Callable[[T], None] | None = None) -> None:
+                 on_discard: Callable[[T], None] | None = None, depth: int = 1) -> None:
+        if int(depth) != depth or depth < 1:
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        self.depth = int(depth)
         self._process = process
         self._on_error = on_error
         self._on_discard = on_discard
         self._cond = threading.Condition()
-        self._slots: dict = {}  # stream -> waiting item, oldest first
+        # stream -> deque of (sequence number, item), oldest first
+        self._slots: dict[object, collections.deque] = {}
+        self._seq = itertools.count()
         self._busy = False
         self._stopping = False
         self._dropped = 0
@@ -60,8 +70,14 @@ class LatestFrameWorker(Generic[T]):
 
     @property
     def waiting(self) -> int:
-        """Items waiting in their slots (at most one per stream)."""
-        return len(self._slots)
+        """Items waiting (at most ``depth`` per stream)."""
+        with self._cond:
+            return sum(len(q) for q in self._slots.values())
+
+    def waiting_items(self, stream=None) -> list[T]:
+        """The items of ``stream`` waiting now, oldest first."""
+        with self._cond:
+            return [item for _, item in self._slots.get(stream, ())]
 
     @property
     def processed(self) -> int:
@@ -77,25 +93,28 @@ class LatestFrameWorker(Generic[T]):
         return self._thread.is_alive()
 
     def submit(self, item: T, stream=None) -> bool:
-        """Put ``item`` in ``stream``'s slot; True when it replaced a waiting item of that
-        stream (one drop). After ``stop`` the item is refused (discarded), answer False.
+        """Put ``item`` in ``stream``'s queue; True when the queue was full and its oldest
+        item was dropped for it. After ``stop`` the item is refused (discarded), answer
+        False.
         """
         return self.offer(item, stream) == "replaced"
 
     def offer(self, item: T, stream=None) -> str:
-        """Like ``submit``; says what happened: 'queued', 'replaced' or 'refused'."""
+        """Like ``submit``; says what happened: 'queued', 'replaced' (the stream's oldest
+        waiting item dropped for this one) or 'refused'."""
         with self._cond:
             if self._stopping:
                 self._discarded += 1
                 outcome = "refused"
             else:
-                replaced = stream in self._slots
+                queue = self._slots.setdefault(stream, collections.deque())
+                replaced = len(queue) >= self.depth
                 outcome = "replaced" if replaced else "queued"
                 if replaced:
                     self._dropped += 1
                     self._dropped_by[stream] = self._dropped_by.get(stream, 0) + 1
-                    del self._slots[stream]  # the newest goes behind the other streams'
-                self._slots[stream] = item
+                    queue.popleft()
+                queue.append((next(self._seq), item))
                 self._cond.notify_all()
         if outcome == "refused":
             self._discarded_one(item)
@@ -104,12 +123,17 @@ class LatestFrameWorker(Generic[T]):
     def clear(self) -> bool:
         """Discard the waiting items, if any (not counted as drops); True if there were."""
         with self._cond:
-            items = list(self._slots.values())
-            self._slots.clear()
-            self._discarded += len(items)
+            items = self._take_all()
         for item in items:
             self._discarded_one(item)
         return bool(items)
+
+    def _take_all(self) -> list[T]:
+        """Empty every queue (under the lock); the items, counted as discarded."""
+        items = [item for q in self._slots.values() for _, item in q]
+        self._slots.clear()
+        self._discarded += len(items)
+        return items
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing waits and nothing is being processed; False on timeout."""
@@ -127,9 +151,7 @@ class LatestFrameWorker(Generic[T]):
         """Discard the waiting item, finish the current one and end the thread."""
         with self._cond:
             self._stopping = True
-            items = list(self._slots.values())
-            self._slots.clear()
-            self._discarded += len(items)
+            items = self._take_all()
             self._cond.notify_all()
         for item in items:
             self._discarded_one(item)
@@ -153,7 +175,11 @@ class LatestFrameWorker(Generic[T]):
                     self._busy = False
                     self._cond.notify_all()
                     return
-                item = self._slots.pop(next(iter(self._slots)))
+                stream = min(self._slots, key=lambda k: self._slots[k][0][0])  # oldest
+                queue = self._slots[stream]
+                item = queue.popleft()[1]
+                if not queue:
+                    del self._slots[stream]
                 self._busy = True
             try:
                 self._process(item)

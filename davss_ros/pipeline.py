@@ -292,8 +292,10 @@ class VideoSegmenter:
 
     def new_stream(self) -> VideoSegmenter:
         """Another stream (a second camera) on the same networks and key segmenter: its own
-        schedule, propagated state, flow state, frame count and cost estimates. Steps of
-        two streams must not run at the same time (one worker runs them in turn)."""
+        schedule, propagated state, flow state, frame count and cost estimates. Two streams
+        may step at the same time on two threads (the node's model.workers): they share only
+        the networks, which inference does not change; one stream steps one frame at a
+        time."""
         if self.net is None:
             raise RuntimeError("VideoSegmenter.new_stream() after close()")
         other = copy.copy(self)

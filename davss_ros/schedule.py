@@ -171,7 +171,8 @@ class StreamLoad:
     queue holds (a frame is dropped when ``depth`` newer ones of its camera have arrived
     before the worker starts it); ``claim_ms``: what its first frame ahead (the oldest
     waiting one, else the next) is counted as costing, when it has the prior claim to a key
-    frame (None: ``frame_ms``).
+    frame (None: ``frame_ms``); ``running_ms``: with several workers, how long its frame
+    being processed on another worker still takes (None: none is).
     """
 
     period_ms: float
@@ -180,10 +181,11 @@ class StreamLoad:
     waiting_ms: tuple[float, ...] = ()
     depth: int = 1
     claim_ms: float | None = None
+    running_ms: float | None = None
 
 
 def key_budget_ms(streams: list[StreamLoad], current: int, *,
-                  horizon_frames: int = BUDGET_HORIZON_FRAMES) -> float:
+                  horizon_frames: int = BUDGET_HORIZON_FRAMES, workers: int = 1) -> float:
     """The most worker time the frame starting now, of ``streams[current]``, may take
     without a later frame of any stream being dropped, when every later frame is propagated.
 
@@ -198,11 +200,18 @@ def key_budget_ms(streams: list[StreamLoad], current: int, *,
     propagating. A stream with a ``claim_ms`` (one that has waited longer for its key
     frame) is counted with that cost for its first frame ahead, so the time its key frame
     needs is not given to this one: the cameras take turns.
+
+    With ``workers`` > 1 frames of different streams run at once (a stream's own frames one
+    after the other): each frame ahead goes to the worker free first, not before its
+    stream's previous frame has ended, and the budget is found by bisection on the extra
+    time, the schedule simulated for each try.
     """
     if not 0 <= current < len(streams):
         raise ValueError(f"current must index streams (0..{len(streams) - 1}), got {current}")
     if horizon_frames < 1:
         raise ValueError(f"horizon_frames must be >= 1, got {horizon_frames}")
+    if int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers}")
     for s in streams:
         if not (s.period_ms > 0 and math.isfinite(s.period_ms)):
             raise ValueError(f"a stream's period must be a positive number, got {s.period_ms}")
@@ -211,7 +220,7 @@ def key_budget_ms(streams: list[StreamLoad], current: int, *,
                              f"its waiting frames, got {s.depth} and {len(s.waiting_ms)}")
     # Up to the time every stream's arrivals are known (the fastest one's horizon).
     end = min(max(0.0, s.next_arrival_ms) + horizon_frames * s.period_ms for s in streams)
-    frames = []  # (arrival, deadline, cost)
+    frames = []  # (arrival, deadline, cost, stream)
     for i, s in enumerate(streams):
         nxt = max(0.0, float(s.next_arrival_ms))
         first = s.frame_ms if s.claim_ms is None or i == current else s.claim_ms
@@ -220,17 +229,19 @@ def key_budget_ms(streams: list[StreamLoad], current: int, *,
         waiting = len(s.waiting_ms)
         for k, since in enumerate(s.waiting_ms):
             frames.append((min(0.0, float(since)),
-                           nxt + (k + s.depth - waiting) * s.period_ms, first))
+                           nxt + (k + s.depth - waiting) * s.period_ms, first, i))
             first = s.frame_ms
         arrival = nxt
         while arrival < end:
-            frames.append((arrival, arrival + s.depth * s.period_ms, first))
+            frames.append((arrival, arrival + s.depth * s.period_ms, first, i))
             first = s.frame_ms
             arrival += s.period_ms
     frames.sort(key=lambda f: f[0])
     own = float(streams[current].frame_ms)
+    if workers > 1:
+        return own + _extra_ms(frames, streams, current, own, workers)
     t, idle, slack = own, 0.0, math.inf
-    for arrival, deadline, cost in frames:
+    for arrival, deadline, cost, _ in frames:
         if arrival > t:
             idle += arrival - t
             t = arrival
@@ -239,6 +250,35 @@ def key_budget_ms(streams: list[StreamLoad], current: int, *,
             break
         t += cost
     return own + slack
+
+
+def _extra_ms(frames: list, streams: list[StreamLoad], current: int, own: float,
+              workers: int) -> float:
+    """The most extra time (>= -own) the current frame may take with several workers."""
+    running = {i: max(0.0, float(s.running_ms)) for i, s in enumerate(streams)
+               if i != current and s.running_ms is not None}
+
+    def fits(extra: float) -> bool:
+        done = {**running, current: own + extra}  # when each stream's frame in hand ends
+        free = sorted(done.values())[:workers]
+        free += [0.0] * (workers - len(free))  # when each worker is free
+        for arrival, deadline, cost, stream in frames:
+            k = min(range(workers), key=free.__getitem__)
+            start = max(arrival, free[k], done.get(stream, 0.0))
+            if start > deadline:
+                return False
+            free[k] = done[stream] = start + cost
+        return True
+
+    lo, hi = -own, max((f[1] for f in frames), default=0.0) + own
+    if not fits(lo):
+        return lo
+    if fits(hi):
+        return hi
+    for _ in range(40):  # to well under a microsecond
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 class KeyFrameScheduler:

@@ -711,3 +711,44 @@ def test_worker_with_a_deeper_queue_keeps_that_many_frames_and_drops_the_oldest(
     assert worker.wait_idle(timeout=5.0)
     assert processed == ["a0", "b1", "a2", "a3"]  # oldest first over both cameras
     assert worker.stop(timeout=5.0)
+
+
+def test_worker_threads_run_two_streams_at_once_and_one_stream_in_order():
+    from davss_ros.ros.worker import LatestFrameWorker
+
+    with pytest.raises(ValueError, match="threads"):
+        LatestFrameWorker(lambda item: None, threads=0)
+    lock = threading.Lock()
+    running, most, order = set(), {}, []
+    gates = {"front": threading.Event(), "rear": threading.Event()}
+
+    def process(item):
+        stream = item[0]
+        with lock:
+            running.add(item)
+            most[stream] = max(most.get(stream, 0), sum(i[0] == stream for i in running))
+            most["all"] = max(most.get("all", 0), len(running))
+        gates[stream].wait(TIMEOUT)
+        with lock:
+            running.discard(item)
+            order.append(item)
+
+    worker = LatestFrameWorker(process, threads=2, depth=3)
+    for i in range(3):
+        worker.offer(("front", i), "front")
+    worker.offer(("rear", 0), "rear")
+    deadline = time.monotonic() + TIMEOUT
+    while len(running) < 2 and time.monotonic() < deadline:  # front 0 and rear 0 at once
+        time.sleep(0.005)
+    assert running == {("front", 0), ("rear", 0)}
+    gates["rear"].set()  # the free thread may not take front 1 while front 0 runs
+    deadline = time.monotonic() + TIMEOUT
+    while ("rear", 0) not in order and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    assert running == {("front", 0)}
+    gates["front"].set()
+    assert worker.wait_idle(TIMEOUT)
+    assert [i for i in order if i[0] == "front"] == [("front", 0), ("front", 1), ("front", 2)]
+    assert most["front"] == 1 and most["all"] == 2
+    assert worker.stop(timeout=5.0) and not worker.alive

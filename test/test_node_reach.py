@@ -229,6 +229,46 @@ def test_a_deeper_input_queue_keeps_the_newest_frames_of_a_burst_and_drops_the_r
         probe.close()
 
 
+def test_two_workers_segment_one_cameras_frame_while_the_others_is_in_the_model(small_yaml):
+    """model.workers 2: a frame of the rear camera is segmented and published while a
+    frame of the front camera is held inside the model; with one worker it would wait."""
+    domain = _domain_id()
+    probe = Probe(domain)
+    node_ns = "/davss_segmenter"
+    for cam in ("front", "rear"):
+        probe.listen(f"{node_ns}/{cam}/frame_info", FrameInfo)
+    seg = _start(domain, small_yaml, probe, image_topics=["/front/image_raw", "/rear/image_raw"],
+                 **{"model.workers": 2, "model.threads": 1})
+    node = seg.node
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(_module, _inputs, _output):  # the first frame to reach the model stays there
+        if not busy.is_set():
+            busy.set()
+            release.wait(TIMEOUT)
+
+    handle = node.segmenter.net.segmenter.register_forward_hook(hold)
+    try:
+        probe.wait_matched(["/front/image_raw", "/rear/image_raw"],
+                           [f"{node_ns}/front/frame_info", f"{node_ns}/rear/frame_info"])
+        seg.wait_input_matched(2)
+        probe.publisher("/front/image_raw").publish(frame(0))
+        assert busy.wait(TIMEOUT), "the front frame never reached the model"
+        rear = send_closed_loop(probe, "/rear/image_raw", f"{node_ns}/rear/frame_info",
+                                [frame(40)])
+        assert [m.is_key_frame for m in rear] == [True]
+        assert not probe.messages(f"{node_ns}/front/frame_info")  # still in the model
+        release.set()
+        assert probe.wait(lambda: len(probe.got[f"{node_ns}/front/frame_info"]) == 1)
+        assert node.camera_stats("front").output_count == 1
+        assert node.camera_stats("rear").output_count == 1
+    finally:
+        release.set()
+        handle.remove()
+        seg.close()
+        probe.close()
+
+
 def test_cameras_are_named_from_their_topics_or_explicitly_and_clashes_are_refused():
     assert cameras_from([]) == [("", "image")]
     assert cameras_from(["/front/image_raw", "rear/image", "left=/stereo/l/image_raw"]) == [

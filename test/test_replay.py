@@ -350,3 +350,23 @@ def test_two_cameras_replay_through_one_node_scored_per_camera(assets):
     assert counts["/davss_replay/davss_segmenter/camera0/labels"] == n
     assert counts["/davss_replay/davss_segmenter/camera1/labels"] == n
     assert "/davss_replay/davss_segmenter/labels" not in counts
+
+
+def test_the_scorer_charges_a_dropped_frame_with_the_newest_labels_before_it():
+    """Frames 1 and 3 processed, 2 dropped: mIoU over the processed frames is perfect; over
+    every frame, frame 2 is scored with frame 1's labels, which are wrong for it."""
+    from davss_ros.bag.report import Scorer
+
+    zeros, ones = np.zeros((4, 4), np.uint8), np.ones((4, 4), np.uint8)
+    scorer = Scorer(2, {1, 2, 3})
+    for stamp, gt in ((1, zeros), (2, ones), (3, ones)):
+        scorer.add_gt(stamp, gt)
+    scorer.add_prediction(1, zeros)
+    scorer.add_distance(1, 0)
+    scorer.add_prediction(3, ones)
+    scorer.add_distance(3, 1)  # frame 2 had no outcome: it was dropped
+    out = scorer.as_dict(["a", "b"])
+    assert out["miou"] == 100.0 and out["frames_scored"] == 2
+    assert out["frames_held"] == 1
+    # every frame: class a 16 / 32 pixels right (IoU 0.5), class b 16 / 32 (0.5)
+    assert out["miou_every_frame"] == pytest.approx(50.0)

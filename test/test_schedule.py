@@ -365,6 +365,34 @@ def test_a_camera_propagated_longer_keeps_the_time_of_its_key_frame():
     assert key_budget_ms([claimed, cam0], 0) == key_budget_ms([cam1, cam0], 0)
 
 
+def test_a_second_worker_changes_nothing_for_one_camera():
+    """A camera's frames run one after the other, so with one camera the simulated
+    schedule of two workers (found by bisection) is the one-worker budget."""
+    cases = [StreamLoad(period_ms=P30, next_arrival_ms=P30 - late, frame_ms=14.0, depth=d)
+             for late in (0.0, 12.0) for d in (1, 3)]
+    cases.append(StreamLoad(period_ms=P30, next_arrival_ms=10.0, frame_ms=14.0,
+                            waiting_ms=(-P30 + 10.0,), depth=2))
+    for load in cases:
+        assert key_budget_ms([load], 0, workers=2) == pytest.approx(
+            key_budget_ms([load], 0), abs=1e-6), load
+    # overloaded (40 ms frames at 30 Hz): both below a propagated frame, no key frame fits
+    load = StreamLoad(period_ms=P30, next_arrival_ms=P30, frame_ms=40.0)
+    assert max(key_budget_ms([load], 0), key_budget_ms([load], 0, workers=2)) < 40.0
+
+
+def test_with_two_workers_each_camera_keeps_its_own_budget():
+    p = 2 * P30
+    cam0 = StreamLoad(period_ms=p, next_arrival_ms=p, frame_ms=14.0)
+    # camera 1's frame is being processed on the other worker for 30 ms more, and its next
+    # frame is due in half a period
+    cam1 = StreamLoad(period_ms=p, next_arrival_ms=p / 2, frame_ms=14.0, running_ms=30.0)
+    alone = key_budget_ms([cam0], 0)
+    assert key_budget_ms([cam0, cam1], 0, workers=2) == pytest.approx(alone, abs=1e-6)
+    assert key_budget_ms([cam0, cam1], 0) < alone  # one worker: the cameras share it
+    with pytest.raises(ValueError, match="workers"):
+        key_budget_ms([cam0], 0, workers=0)
+
+
 def test_key_budget_rejects_bad_input():
     load = StreamLoad(period_ms=P30, next_arrival_ms=P30, frame_ms=10.0)
     with pytest.raises(ValueError, match="current"):
@@ -376,12 +404,12 @@ def test_key_budget_rejects_bad_input():
 # ---------------------------------------------- the budget policy on a simulated worker
 # A deterministic model of the node's worker (up to ``depth`` waiting frames per camera, the
 # oldest served first, a camera's oldest waiting frame dropped when a newer one finds its
-# queue full) with fixed frame costs: the scheduler decides, the model keeps the time. No
-# clocks involved.
+# queue full; ``workers`` frames at once, each of another camera) with fixed frame costs:
+# the scheduler decides, the model keeps the time. No clocks involved.
 
 
 def run_worker(policy: str, cameras: list[tuple[float, float]], key_ms: float, nonkey_ms: float,
-               frames: int, depth: int = 1, **cfg) -> list[dict]:
+               frames: int, depth: int = 1, workers: int = 1, **cfg) -> list[dict]:
     """cameras: (period, phase) in ms. Returns per camera: key frames, processed, dropped."""
     scheds = [KeyFrameScheduler(ScheduleConfig(policy=policy, **cfg)) for _ in cameras]
     costs = [CostEstimate() for _ in cameras]  # key frame costs, as the pipeline keeps them
@@ -389,11 +417,16 @@ def run_worker(policy: str, cameras: list[tuple[float, float]], key_ms: float, n
     arrivals = sorted((phase + i * period, c) for c, (period, phase) in enumerate(cameras)
                       for i in range(frames))
     queues: list[list[float]] = [[] for _ in cameras]  # arrivals of the waiting frames
+    busy = [0.0] * len(cameras)  # when each camera's frame in hand ends
     last = [None] * len(cameras)
-    free = 0.0  # when the worker is next free
+    free = [0.0] * workers  # when each worker is next free
     k = 0
     while k < len(arrivals) or any(queues):
-        if not any(queues) or (k < len(arrivals) and arrivals[k][0] < free):
+        w = min(range(workers), key=free.__getitem__)
+        # the earliest a waiting frame can start: a worker free, its camera's frame in hand
+        # done, the frame arrived
+        starts = {c: max(free[w], busy[c], q[0]) for c, q in enumerate(queues) if q}
+        if k < len(arrivals) and (not starts or arrivals[k][0] < min(starts.values())):
             t, c = arrivals[k]
             k += 1
             last[c] = t
@@ -401,22 +434,24 @@ def run_worker(policy: str, cameras: list[tuple[float, float]], key_ms: float, n
                 out[c]["dropped"] += 1
                 queues[c].pop(0)
             queues[c].append(t)
-            free = max(free, t)  # an idle worker starts on arrival
             continue
-        c = min((q[0], i) for i, q in enumerate(queues) if q)[1]
+        now = min(starts.values())
+        ready = [c for c, t in starts.items() if t <= now]
+        c = min(ready, key=lambda i: queues[i][0])
         queues[c].pop(0)
-        now = free
         budget = None
         if policy == "budget":
             mine = scheds[c].propagation_distance
-            loads = [StreamLoad(period_ms=p, next_arrival_ms=last[i] + p - now,
+            seen = [i for i in range(len(cameras)) if last[i] is not None]
+            loads = [StreamLoad(period_ms=cameras[i][0],
+                                next_arrival_ms=last[i] + cameras[i][0] - now,
                                 frame_ms=nonkey_ms, depth=depth,
                                 waiting_ms=tuple(a - now for a in queues[i]),
                                 claim_ms=costs[i].bound if scheds[i].propagation_distance
-                                > mine else None)
-                     for i, (p, _) in enumerate(cameras) if last[i] is not None]
-            current = [i for i in range(len(cameras)) if last[i] is not None].index(c)
-            budget = key_budget_ms(loads, current)
+                                > mine else None,
+                                running_ms=busy[i] - now if busy[i] > now else None)
+                     for i in seen]
+            budget = key_budget_ms(loads, seen.index(c), workers=workers)
         reason = scheds[c].pre_decision(SHAPE, budget_ms=budget, key_cost_ms=costs[c].bound,
                                         key_mean_ms=costs[c].warm_mean)
         scheds[c].commit(is_key=reason is not None)
@@ -425,7 +460,7 @@ def run_worker(policy: str, cameras: list[tuple[float, float]], key_ms: float, n
         out[c]["keys"] += reason is not None
         out[c]["reasons"][reason] += 1
         out[c]["processed"] += 1
-        free = now + (key_ms if reason is not None else nonkey_ms)
+        free[w] = busy[c] = now + (key_ms if reason is not None else nonkey_ms)
     return out
 
 
@@ -469,6 +504,20 @@ def test_budget_shares_one_worker_between_two_cameras_without_dropping():
     fixed = run_worker("fixed", cams, 56.0, 14.0, 45, key_interval=5)
     for cam, ref in zip(out, fixed, strict=True):
         assert cam["dropped"] == 0 and cam["processed"] == 45
+        assert cam["keys"] > ref["keys"]
+
+
+def test_two_workers_hold_two_cameras_that_one_worker_cannot():
+    # Two cameras at 15 Hz, key 120 ms, propagated 25 ms: one worker falls behind on every
+    # key frame; two hold both cameras without a drop, and budget keys more often than
+    # fixed 5 does.
+    cams = [(2 * P30, 0.0), (2 * P30, P30)]
+    one = run_worker("budget", cams, 120.0, 25.0, 90, max_interval=10)
+    two = run_worker("budget", cams, 120.0, 25.0, 90, workers=2, max_interval=10)
+    fixed = run_worker("fixed", cams, 120.0, 25.0, 90, workers=2, key_interval=5)
+    assert all(cam["dropped"] > 0 for cam in one)
+    for cam, ref in zip(two, fixed, strict=True):
+        assert cam["dropped"] == ref["dropped"] == 0 and cam["processed"] == 90
         assert cam["keys"] > ref["keys"]
 
 

@@ -683,9 +683,13 @@ class _Replay:
                 "sent", "received", "processed", "dropped", "dropped_by_node",
                 "lost_before_node", "outputs_missing")}
             scored = [c["miou"] for c in cams.values() if c.get("miou") is not None]
+            every = [c["miou_every_frame"] for c in cams.values()
+                     if c.get("miou_every_frame") is not None]
             report = {**head, **total,
                       "miou_mean_of_cameras": round(float(np.mean(scored)), 2)
                       if scored else None,
+                      "miou_every_frame_mean_of_cameras": round(float(np.mean(every)), 2)
+                      if every else None,
                       "cameras": cams, **tail}
         if info.get("schedule"):
             report["schedule"] = info["schedule"]
@@ -730,7 +734,9 @@ class _Replay:
                 [f"{len(parts)} cameras in one node: sent {report['sent']}, dropped "
                  f"{report['dropped']}, mIoU (mean of the cameras) "
                  + ("n/a" if report["miou_mean_of_cameras"] is None
-                    else f"{report['miou_mean_of_cameras']:.2f} %")]
+                    else f"{report['miou_mean_of_cameras']:.2f} %")
+                 + ("" if report["miou_every_frame_mean_of_cameras"] is None else
+                    f", every frame {report['miou_every_frame_mean_of_cameras']:.2f} %")]
                 + [f"[{name}] " + format_table(c) for name, c in report["cameras"].items()])
         return report
 

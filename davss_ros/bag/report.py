@@ -28,6 +28,10 @@ class Scorer:
     A frame is scored once its prediction, its ground truth and its propagation distance are
     all known, whatever order they come in; then they are forgotten. Only frames whose
     stamps are in ``gt_stamps`` are kept waiting, so memory stays bounded.
+
+    ``every_frame`` also scores each dropped frame with the newest labels scored before it
+    (what a consumer holding the latest labels has at that moment): the accuracy of the
+    stream as a whole, where a node that drops frames is charged for the stale labels.
     """
 
     def __init__(self, num_classes: int, gt_stamps: set[int], ignore_id: int = 255) -> None:
@@ -35,6 +39,9 @@ class Scorer:
         self.ignore_id = ignore_id
         self.gt_stamps = set(gt_stamps)
         self.overall = ConfusionMatrix(num_classes, ignore_id)
+        self.every_frame = ConfusionMatrix(num_classes, ignore_id)
+        self.frames_held = 0  # dropped frames scored with the newest labels before them
+        self._newest: tuple[int, np.ndarray] | None = None  # (stamp, labels) scored last
         self.by_distance: dict[int, ConfusionMatrix] = {}
         self.frames_by_distance: dict[int, int] = {}
         self.errors: list[str] = []
@@ -62,23 +69,40 @@ class Scorer:
             self._dist[stamp] = distance
             # Frames are processed in stamp order: ground truth older than this frame with
             # no outcome of its own belongs to a dropped frame.
-            for old in [s for s in self._gt if s < stamp and s not in self._dist]:
-                del self._gt[old]
+            for old in sorted(s for s in self._gt if s < stamp and s not in self._dist):
+                self._score_held(old, self._gt.pop(old))
             self._try(stamp)
+
+    def _score_held(self, stamp: int, gt: np.ndarray) -> None:
+        """A dropped frame, scored with the newest labels before it (none yet: skipped)."""
+        if self._newest is None or self._newest[0] > stamp:
+            return
+        m = self._matrix(self._newest[1], gt, stamp)
+        if m is not None:
+            self.every_frame.merge(m)
+            self.frames_held += 1
+
+    def _matrix(self, pred: np.ndarray, gt: np.ndarray, stamp: int) -> ConfusionMatrix | None:
+        if pred.shape != gt.shape:
+            pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
+        try:
+            m = ConfusionMatrix(self.num_classes, self.ignore_id)
+            m.update(pred, gt)
+        except ValueError as exc:
+            self.errors.append(f"frame at {stamp} ns not scored: {exc}")
+            return None
+        return m
 
     def _try(self, stamp: int) -> None:
         if stamp in self._gt and stamp in self._pred and stamp in self._dist:
             gt, pred, d = self._gt.pop(stamp), self._pred.pop(stamp), self._dist.pop(stamp)
-            if pred.shape != gt.shape:
-                pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]),
-                                  interpolation=cv2.INTER_NEAREST)
-            try:
-                m = ConfusionMatrix(self.num_classes, self.ignore_id)
-                m.update(pred, gt)
-            except ValueError as exc:
-                self.errors.append(f"frame at {stamp} ns not scored: {exc}")
+            m = self._matrix(pred, gt, stamp)
+            if m is None:
                 return
+            if self._newest is None or self._newest[0] < stamp:
+                self._newest = (stamp, pred)
             self.overall.merge(m)
+            self.every_frame.merge(m)
             self.by_distance.setdefault(d, ConfusionMatrix(self.num_classes, self.ignore_id))
             self.by_distance[d].merge(m)
             self.frames_by_distance[d] = self.frames_by_distance.get(d, 0) + 1
@@ -92,7 +116,8 @@ class Scorer:
         pixel was scored."""
         if not self.scored:
             return {"miou": None, "miou_by_distance": {}, "per_class_iou": {},
-                    "pixel_accuracy": None, "frames_scored": 0, "frames_by_distance": {}}
+                    "pixel_accuracy": None, "frames_scored": 0, "frames_by_distance": {},
+                    "miou_every_frame": None, "frames_held": 0}
         names = list(class_names)
         return {
             "miou": pct(self.overall.miou()),
@@ -103,6 +128,8 @@ class Scorer:
             "pixel_accuracy": pct(self.overall.pixel_accuracy()),
             "frames_scored": self.scored,
             "frames_by_distance": {str(d): n for d, n in sorted(self.frames_by_distance.items())},
+            "miou_every_frame": pct(self.every_frame.miou()),
+            "frames_held": self.frames_held,
         }
 
 
@@ -319,6 +346,10 @@ def format_table(report: dict) -> str:
                          if v is not None)
         lines.append(f"  mIoU       {report['miou']:.2f} % over {report['frames_scored']} "
                      f"labelled frames")
+        if report.get("frames_held"):
+            lines.append(f"  every frame {num(report['miou_every_frame'], '{:.2f}')} % with "
+                         f"{report['frames_held']} dropped frame(s) scored with the newest "
+                         f"labels before them")
         lines.append(f"  by d       {by_d}")
     elif report.get("has_ground_truth"):
         lines.append("  mIoU       n/a (no labelled frame was processed)")

@@ -54,6 +54,7 @@ single ``image`` topic above; that is the one-camera case of the same code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import posixpath
@@ -195,6 +196,10 @@ class _Camera:
     # (decoding, publishing; ms).
     last_arrival: float | None = None
     arrival_period: float | None = None
+    # When the frame a worker is processing now started (perf_counter s; None: none is).
+    running_since: float | None = None
+    # Held while a worker steps this camera's frame (model.workers > 1: cameras in parallel).
+    lock: threading.Lock = field(default_factory=threading.Lock)
     overhead: CostEstimate | None = None
     # frames lost in transport, per publisher and DDS's count (diagnostics.LossLedger)
     ledger: LossLedger = field(
@@ -248,7 +253,9 @@ class SegmenterNode(LifecycleNode):
         self._settings: P.NodeParams | None = None
         self._live = _Live()
         self._seg = None
-        self._seg_lock = threading.Lock()  # the worker's step vs. schedule changes / cleanup
+        # Schedule changes and cleanup vs. the workers' steps: taken with every camera's
+        # lock (_streams_locked); a step holds its camera's only.
+        self._seg_lock = threading.Lock()
         self._lut = np.zeros((256, 3), np.uint8)
         self._model_text = "none"
         self._untrained = False
@@ -296,7 +303,7 @@ class SegmenterNode(LifecycleNode):
         self._live = _Live(settings.output_labels, settings.output_labels_color,
                            settings.output_overlay, settings.output_distortion,
                            settings.overlay_alpha, settings.output_confidence)
-        with self._seg_lock:
+        with self._streams_locked():
             self._seg = seg
         self.stats.reset()
         for cam in self._cameras:
@@ -305,7 +312,7 @@ class SegmenterNode(LifecycleNode):
             self._process, on_error=lambda exc: self._frame_failed(None, exc),
             name=f"davss_worker{self.get_namespace().replace('/', '_')}",
             on_discard=lambda item: item[0].record(self.stats).record_discard(),
-            depth=settings.queue_depth)
+            depth=settings.queue_depth, threads=settings.workers)
         self._configure_error = ""
         self._state = "inactive"
         self.get_logger().info(
@@ -359,7 +366,7 @@ class SegmenterNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._stop_processing()
-            with self._seg_lock:
+            with self._streams_locked():
                 for cam in self._cameras:
                     if cam.seg is not None:
                         cam.seg.reset()  # the next activation starts on a key frame
@@ -594,7 +601,7 @@ class SegmenterNode(LifecycleNode):
         if self._worker is not None:
             self._worker.stop(timeout=30.0)
             self._worker = None
-        with self._seg_lock:
+        with self._streams_locked():
             seg, self._seg = self._seg, None
             streams = [c.seg for c in self._cameras if c.seg is not None and c.seg is not seg]
             for cam in self._cameras:
@@ -803,40 +810,56 @@ class SegmenterNode(LifecycleNode):
         except Exception as exc:
             self._frame_failed(cam, exc)
 
+    @contextlib.contextmanager
+    def _streams_locked(self):
+        """No camera's frame is stepped meanwhile: the node's lock, then each camera's."""
+        with self._seg_lock, contextlib.ExitStack() as stack:
+            for cam in list(self._cameras):
+                stack.enter_context(cam.lock)
+            yield
+
     def _process_frame(self, cam: _Camera, msg: Image, received: float) -> None:
         record = cam.record(self.stats)
-        with self._seg_lock:
+        with cam.lock:
             seg = cam.seg
             if seg is None or not self._active or not cam.pubs:
                 record.record_discard()  # taken while leaving the active state
                 return
-            t0 = time.perf_counter()
+            t0 = cam.running_since = time.perf_counter()
             try:
-                rgb = (compressed_to_rgb(msg) if isinstance(msg, CompressedImage)
-                       else image_to_rgb(msg))
-            except ImageError as exc:
-                self._frame_rejected(cam, exc.kind, str(exc))
-                return
-            h, w = rgb.shape[:2]
-            if h < MIN_IMAGE_SIZE or w < MIN_IMAGE_SIZE:
-                self._frame_rejected(cam, "too_small", f"image {w}x{h} is too small, "
-                                     f"expected at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
-                return
-            if (h, w) != cam.framed_size:
-                cam.framed_size = (h, w)
-                self.get_logger().info(f"input{' ' + cam.name if cam.name else ''} "
-                                       f"{seg.framing((h, w)).describe()} "
-                                       f"(input.resize {seg.resize})")
-            t1 = time.perf_counter()
-            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            budget = self._budget_ms(cam, received, t0) \
-                if seg.config.schedule.policy == "budget" else None
-            try:
-                result = seg.step(rgb, stamp if stamp > 0 else None, budget_ms=budget)
-            except Exception as exc:  # out of memory, a CUDA error, ...: skip the frame
-                self._step_failed(cam, seg, exc)
-                return
-            t2 = time.perf_counter()
+                self._step_frame(cam, seg, record, msg, received, t0)
+            finally:
+                cam.running_since = None
+
+    def _step_frame(self, cam: _Camera, seg, record, msg: Image, received: float,
+                    t0: float) -> None:
+        """Decode, step and publish one frame (under the camera's lock)."""
+        try:
+            rgb = (compressed_to_rgb(msg) if isinstance(msg, CompressedImage)
+                   else image_to_rgb(msg))
+        except ImageError as exc:
+            self._frame_rejected(cam, exc.kind, str(exc))
+            return
+        h, w = rgb.shape[:2]
+        if h < MIN_IMAGE_SIZE or w < MIN_IMAGE_SIZE:
+            self._frame_rejected(cam, "too_small", f"image {w}x{h} is too small, "
+                                 f"expected at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
+            return
+        if (h, w) != cam.framed_size:
+            cam.framed_size = (h, w)
+            self.get_logger().info(f"input{' ' + cam.name if cam.name else ''} "
+                                   f"{seg.framing((h, w)).describe()} "
+                                   f"(input.resize {seg.resize})")
+        t1 = time.perf_counter()
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        budget = self._budget_ms(cam, received, t0) \
+            if seg.config.schedule.policy == "budget" else None
+        try:
+            result = seg.step(rgb, stamp if stamp > 0 else None, budget_ms=budget)
+        except Exception as exc:  # out of memory, a CUDA error, ...: skip the frame
+            self._step_failed(cam, seg, exc)
+            return
+        t2 = time.perf_counter()
         if not result.valid:
             record.record_invalid(
                 f"non-finite network output at frame {result.frame_index}: labels set to "
@@ -880,16 +903,22 @@ class SegmenterNode(LifecycleNode):
             waiting = [it[2] for it in worker.waiting_items(other.name)] if worker else []
             overhead = other.overhead.mean or 0.0
             key = seg.key_cost_bound_ms
+            frame_ms = (seg.expected_ms["nonkey"] or 0.0) + overhead
+            since = other.running_since if other is not cam else None
             loads.append(StreamLoad(
                 period_ms=p * 1e3, next_arrival_ms=(last + p - started) * 1e3,
-                frame_ms=(seg.expected_ms["nonkey"] or 0.0) + overhead,
+                frame_ms=frame_ms,
+                # on another worker: counted as a propagated frame, ending that much later
+                running_ms=max(0.0, frame_ms - (started - since) * 1e3)
+                if since is not None else None,
                 waiting_ms=tuple((t - started) * 1e3 for t in waiting[-worker.depth:])
                 if worker else (),
                 depth=worker.depth if worker else 1,
                 # propagated for longer than this camera: its next key frame comes first
                 claim_ms=key + overhead if key is not None
                 and seg.scheduler.propagation_distance > mine else None))
-        return key_budget_ms(loads, current) - (cam.overhead.mean or 0.0)
+        return key_budget_ms(loads, current, workers=worker.threads if worker else 1) \
+            - (cam.overhead.mean or 0.0)
 
     def _publish(self, cam: _Camera, msg: Image, rgb: np.ndarray, result, received: float,
                  t0: float, t1: float, t2: float) -> None:
@@ -1017,12 +1046,12 @@ class SegmenterNode(LifecycleNode):
             alpha=float(values.get("overlay.alpha", live.alpha)),
             confidence=values.get("output.confidence", live.confidence))
         if "input.max_stamp_gap" in values:
-            with self._seg_lock:
+            with self._streams_locked():
                 for cam in self._cameras:
                     if cam.seg is not None:
                         cam.seg.max_stamp_gap = float(values["input.max_stamp_gap"]) or None
         if names & set(P.SCHEDULE_PARAMS):
-            with self._seg_lock:
+            with self._streams_locked():
                 seg = self._seg
                 if seg is not None:
                     current = {n: self.get_parameter(n).value for n in P.SCHEDULE_PARAMS}

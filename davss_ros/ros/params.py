@@ -87,6 +87,11 @@ SPECS: dict[str, Spec] = {
         0, "CPU threads of the networks (torch, OpenCV, onnxruntime). 0: half the cores, at "
         "most 4, which holds up when other processes share the CPU; all cores of a busy "
         "machine slow every frame down many times over.", int_range=(0, 64, 1)),
+    "model.workers": Spec(
+        1, "Frames segmented at once, each of another camera (a camera's frames stay in "
+        "order). 1: one worker serves every camera in turn. With several cameras on a CPU, "
+        "one worker per core (and model.threads 1) holds the rates that separate nodes "
+        "would; the budget policy then plans each worker's time.", int_range=(1, 16, 1)),
     "model.mode": Spec(
         "davss", "Pipeline mode: per_frame (segment every frame), dff (warp only), accel "
         "(warp + correction), davss (warp + distortion-aware correction).", choices=MODES),
@@ -304,6 +309,7 @@ class NodeParams:
     key_segmenter: str
     device: str
     threads: int
+    workers: int
     mode: str
     flow_provider: str
     dis_preset: str
@@ -339,6 +345,7 @@ def read(node: Node) -> NodeParams:
         key_segmenter=values["model.key_segmenter"].strip(),
         device=values["model.device"],
         threads=values["model.threads"],
+        workers=values["model.workers"],
         mode=values["model.mode"],
         flow_provider=values["flow.provider"],
         dis_preset=values["flow.dis_preset"],

@@ -7,7 +7,9 @@ oldest is dropped and counted: under load the node segments the newest frames in
 building a queue of stale ones. A depth of 1 is the lowest latency (a frame waits at most
 one period); a deeper queue lets a slow frame (a key frame) be followed by quick ones that
 catch up, at up to ``depth - 1`` more periods of latency. Waiting frames are taken oldest
-first over all streams, so no camera starves another.
+first over all streams, so no camera starves another. With ``threads`` > 1 several frames
+run at once, each of another stream: a stream's frames stay in order, one at a time (its
+propagation state goes from one to the next).
 
 Every submitted item ends in exactly one of: processed (``process`` returned or raised),
 dropped (replaced by a newer one), or discarded (cleared, or still waiting or refused when
@@ -20,6 +22,7 @@ import collections
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -29,7 +32,7 @@ _log = logging.getLogger(__name__)
 
 
 class LatestFrameWorker(Generic[T]):
-    """Runs ``process(item)`` on a background thread for the newest submitted item.
+    """Runs ``process(item)`` on background threads for the newest submitted items.
 
     ``on_error(exc)`` is called (on the worker thread) when ``process`` raises; the worker
     keeps running. ``on_discard(item)`` is called for each item that will never be
@@ -39,10 +42,14 @@ class LatestFrameWorker(Generic[T]):
     def __init__(self, process: Callable[[T], None],
                  on_error: Callable[[BaseException], None] | None = None,
                  name: str = "davss_worker",
-                 on_discard: Callable[[T], None] | None = None, depth: int = 1) -> None:
+                 on_discard: Callable[[T], None] | None = None, depth: int = 1,
+                 threads: int = 1) -> None:
         if int(depth) != depth or depth < 1:
             raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        if int(threads) != threads or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
         self.depth = int(depth)
+        self.threads = int(threads)
         self._process = process
         self._on_error = on_error
         self._on_discard = on_discard
@@ -50,14 +57,17 @@ class LatestFrameWorker(Generic[T]):
         # stream -> deque of (sequence number, item), oldest first
         self._slots: dict[object, collections.deque] = {}
         self._seq = itertools.count()
-        self._busy = False
+        self._running: set = set()  # streams with a frame being processed
         self._stopping = False
         self._dropped = 0
         self._dropped_by: dict = {}
         self._processed = 0
         self._discarded = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, daemon=True,
+                                          name=name if i == 0 else f"{name}_{i}")
+                         for i in range(self.threads)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def dropped(self) -> int:
@@ -90,7 +100,7 @@ class LatestFrameWorker(Generic[T]):
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return all(t.is_alive() for t in self._threads)
 
     def submit(self, item: T, stream=None) -> bool:
         """Put ``item`` in ``stream``'s queue; True when the queue was full and its oldest
@@ -139,7 +149,7 @@ class LatestFrameWorker(Generic[T]):
         """Block until nothing waits and nothing is being processed; False on timeout."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: not self._slots and not self._busy, timeout=timeout)
+                lambda: not self._slots and not self._running, timeout=timeout)
 
     def reset_counters(self) -> None:
         with self._cond:
@@ -156,9 +166,13 @@ class LatestFrameWorker(Generic[T]):
         for item in items:
             self._discarded_one(item)
         del items
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(None if deadline is None
+                            else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads
+                       if t is not threading.current_thread())
 
     def _discarded_one(self, item: T) -> None:
         if self._on_discard is not None:
@@ -167,20 +181,32 @@ class LatestFrameWorker(Generic[T]):
             except Exception:  # pragma: no cover - last resort
                 _log.exception("discard handler failed")
 
+    def _next(self):
+        """The oldest waiting item of a stream not being processed (under the lock)."""
+        free = [k for k in self._slots if k not in self._running]
+        if not free:
+            return None
+        stream = min(free, key=lambda k: self._slots[k][0][0])
+        queue = self._slots[stream]
+        item = queue.popleft()[1]
+        if not queue:
+            del self._slots[stream]
+        return stream, item
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._slots) or self._stopping)
+                taken = None
+                while not self._stopping:
+                    taken = self._next()
+                    if taken is not None:
+                        break
+                    self._cond.wait()
                 if self._stopping:
-                    self._busy = False
                     self._cond.notify_all()
                     return
-                stream = min(self._slots, key=lambda k: self._slots[k][0][0])  # oldest
-                queue = self._slots[stream]
-                item = queue.popleft()[1]
-                if not queue:
-                    del self._slots[stream]
-                self._busy = True
+                stream, item = taken
+                self._running.add(stream)
             try:
                 self._process(item)
             except Exception as exc:  # a bad frame must not end the thread
@@ -194,6 +220,6 @@ class LatestFrameWorker(Generic[T]):
             finally:
                 del item
                 with self._cond:
-                    self._busy = False
+                    self._running.discard(stream)
                     self._processed += 1
                     self._cond.notify_all()

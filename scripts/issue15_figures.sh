@@ -23,16 +23,33 @@ R=(--no-progress --no-plots --overwrite -p model.threads:=1)
 [ -n "${KEY:-}" ] && R+=(-p "model.key_segmenter:=$KEY")
 FIXED=(-p schedule.policy:=fixed -p schedule.key_interval:=5)
 BUDGET=(-p schedule.policy:=budget -p schedule.max_interval:=10)
+# The one node of (a): two workers (one per core, each camera on its own) and a queue of
+# three frames per camera; the budget policy at 30 Hz in (b): a queue of four frames (a key
+# frame outlasts four 30 Hz periods on this CPU) and a key frame at least every 21.
+ONE=(-p model.workers:=2 -p input.queue_depth:=3)
+DEEP=(-p schedule.policy:=budget -p schedule.max_interval:=20 -p input.queue_depth:=4)
 
-echo "== (a) two cameras at 15 Hz: one node, budget policy"
-"${D[@]}" replay "$O/two" --cameras --rate 1 "${R[@]}" "${BUDGET[@]}" --out "$O/a_one_node_budget$S"
-echo "== (a) two cameras at 15 Hz: two nodes, fixed key interval 5, side by side"
-"${D[@]}" replay "$O/cam0" --rate 1 "${R[@]}" "${FIXED[@]}" --namespace n0 --out "$O/a_node0_fixed$S" &
-"${D[@]}" replay "$O/cam1" --rate 1 "${R[@]}" "${FIXED[@]}" --namespace n1 --out "$O/a_node1_fixed$S"
-wait
-echo "== (b) one camera at 2x (30 Hz): fixed key interval 5, then budget"
+two_nodes() {  # $1: output suffix; the rest: options of both nodes
+    local tag=$1; shift
+    "${D[@]}" replay "$O/cam0" --rate 1 "${R[@]}" "$@" --namespace n0 --out "$O/a_node0_$tag$S" &
+    "${D[@]}" replay "$O/cam1" --rate 1 "${R[@]}" "$@" --namespace n1 --out "$O/a_node1_$tag$S"
+    wait
+}
+echo "== (a) two cameras at 15 Hz: one node, budget policy, two workers, queue of 3"
+"${D[@]}" replay "$O/two" --cameras --rate 1 "${R[@]}" "${BUDGET[@]}" "${ONE[@]}" \
+    --out "$O/a_one_node_budget$S"
+echo "== (a) one node, budget policy, one worker, queue of 1 (the defaults)"
+"${D[@]}" replay "$O/two" --cameras --rate 1 "${R[@]}" "${BUDGET[@]}" --out "$O/a_one_node_budget_w1$S"
+echo "== (a) two nodes, fixed key interval 5, side by side (queue of 1, the default)"
+two_nodes fixed "${FIXED[@]}"
+echo "== (a) two nodes, fixed key interval 5, queue of 2"
+two_nodes fixed_q2 "${FIXED[@]}" -p input.queue_depth:=2
+echo "== (b) one camera at 2x (30 Hz): fixed key interval 5 (queue of 1, then 4), then budget"
 "${D[@]}" replay "$O/cam0" --rate 2 "${R[@]}" "${FIXED[@]}" --out "$O/b_fixed$S"
+"${D[@]}" replay "$O/cam0" --rate 2 "${R[@]}" "${FIXED[@]}" -p input.queue_depth:=4 \
+    --out "$O/b_fixed_q4$S"
 "${D[@]}" replay "$O/cam0" --rate 2 "${R[@]}" "${BUDGET[@]}" --out "$O/b_budget$S"
+"${D[@]}" replay "$O/cam0" --rate 2 "${R[@]}" "${DEEP[@]}" --out "$O/b_budget_q4$S"
 [ -n "$S" ] && exit 0  # a repeated run: the closed-loop (c) figures do not change
 echo "== (c) compressed bags against the raw one (closed loop)"
 "${D[@]}" replay "$O/cam0" "${R[@]}" --out "$O/c_raw"

@@ -12,6 +12,7 @@ deterministic.
 from __future__ import annotations
 
 import array
+import contextlib
 import threading
 import time
 
@@ -76,6 +77,25 @@ def frame(i: int, encoding: str = "rgb8", frame_id: str = "camera") -> Image:
 
 def stamp_key(header) -> tuple[int, int]:
     return header.stamp.sec, header.stamp.nanosec
+
+
+@contextlib.contextmanager
+def model_held(node):
+    """The first frame to reach the node's segmenter network stays inside it until
+    ``release`` is set or the block ends. Yields the events (busy, release)."""
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(_module, _inputs, _output):
+        if not busy.is_set():
+            busy.set()
+            release.wait(TIMEOUT)
+
+    handle = node.segmenter.net.segmenter.register_forward_hook(hold)
+    try:
+        yield busy, release
+    finally:
+        release.set()
+        handle.remove()
 
 
 def send_closed_loop(probe: Probe, image_topic: str, info_topic: str, frames: list[Image],
@@ -312,16 +332,8 @@ def test_a_burst_drops_stale_frames_and_counts_every_drop(active, probe):
     probe.clear()
     before = {k: getattr(node.stats, k) for k in ("input_count", "output_count", "dropped",
                                                   "lost")}
-    busy, release = threading.Event(), threading.Event()
-
-    def hold(_module, _inputs, _output):  # the worker sits in the first frame's segmenter
-        if not busy.is_set():
-            busy.set()
-            release.wait(TIMEOUT)
-
-    handle = node.segmenter.net.segmenter.register_forward_hook(hold)
     burst = [frame(200 + i) for i in range(12)]
-    try:
+    with model_held(node) as (busy, _release):  # the worker sits in the first frame
         probe.publisher("/image").publish(burst[0])
         assert busy.wait(TIMEOUT), "the first frame of the burst never reached the model"
         for msg in burst[1:]:
@@ -336,9 +348,6 @@ def test_a_burst_drops_stale_frames_and_counts_every_drop(active, probe):
         while not taken():
             assert time.monotonic() < deadline, "the burst did not reach the node"
             time.sleep(0.01)
-    finally:
-        release.set()
-        handle.remove()
     last = stamp_key(burst[-1].header)
     # The newest frame always wins, so the last one of the burst is processed.
     assert probe.wait(lambda: any(stamp_key(m.header) == last

@@ -3,7 +3,6 @@
 Real rclpy and FastDDS."""
 
 import collections
-import threading
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ from test_node import (
     W,
     _domain_id,
     frame,
+    model_held,
     send_closed_loop,
     stamp_key,
 )
@@ -191,16 +191,8 @@ def test_a_deeper_input_queue_keeps_the_newest_frames_of_a_burst_and_drops_the_r
     probe.listen("/davss_segmenter/frame_info", FrameInfo)
     seg = _start(domain, small_yaml, probe, **{"input.queue_depth": 3})
     node = seg.node
-    busy, release = threading.Event(), threading.Event()
-
-    def hold(_module, _inputs, _output):  # the worker sits in the first frame's segmenter
-        if not busy.is_set():
-            busy.set()
-            release.wait(TIMEOUT)
-
-    handle = node.segmenter.net.segmenter.register_forward_hook(hold)
     burst = [frame(300 + i) for i in range(10)]
-    try:
+    with model_held(node) as (busy, _release):  # the worker sits in the first frame
         probe.wait_matched(["/image"], ["/davss_segmenter/frame_info"])
         seg.wait_input_matched(1)
         probe.publisher("/image").publish(burst[0])
@@ -212,9 +204,6 @@ def test_a_deeper_input_queue_keeps_the_newest_frames_of_a_burst_and_drops_the_r
         while node.stats.input_count + node.stats.lost < len(burst):
             assert time.monotonic() < deadline, "the burst did not reach the node"
             time.sleep(0.01)
-    finally:
-        release.set()
-        handle.remove()
     try:
         newest = [stamp_key(m.header) for m in burst[-3:]]
         assert probe.wait(lambda: len(probe.got["/davss_segmenter/frame_info"]) >= 4)
@@ -240,31 +229,21 @@ def test_two_workers_segment_one_cameras_frame_while_the_others_is_in_the_model(
     seg = _start(domain, small_yaml, probe, image_topics=["/front/image_raw", "/rear/image_raw"],
                  **{"model.workers": 2, "model.threads": 1})
     node = seg.node
-    busy, release = threading.Event(), threading.Event()
-
-    def hold(_module, _inputs, _output):  # the first frame to reach the model stays there
-        if not busy.is_set():
-            busy.set()
-            release.wait(TIMEOUT)
-
-    handle = node.segmenter.net.segmenter.register_forward_hook(hold)
     try:
         probe.wait_matched(["/front/image_raw", "/rear/image_raw"],
                            [f"{node_ns}/front/frame_info", f"{node_ns}/rear/frame_info"])
         seg.wait_input_matched(2)
-        probe.publisher("/front/image_raw").publish(frame(0))
-        assert busy.wait(TIMEOUT), "the front frame never reached the model"
-        rear = send_closed_loop(probe, "/rear/image_raw", f"{node_ns}/rear/frame_info",
-                                [frame(40)])
-        assert [m.is_key_frame for m in rear] == [True]
-        assert not probe.messages(f"{node_ns}/front/frame_info")  # still in the model
-        release.set()
+        with model_held(node) as (busy, release):  # the front frame stays in the model
+            probe.publisher("/front/image_raw").publish(frame(0))
+            assert busy.wait(TIMEOUT), "the front frame never reached the model"
+            rear = send_closed_loop(probe, "/rear/image_raw", f"{node_ns}/rear/frame_info",
+                                    [frame(40)])
+            assert [m.is_key_frame for m in rear] == [True]
+            assert not probe.messages(f"{node_ns}/front/frame_info")  # still in the model
         assert probe.wait(lambda: len(probe.got[f"{node_ns}/front/frame_info"]) == 1)
         assert node.camera_stats("front").output_count == 1
         assert node.camera_stats("rear").output_count == 1
     finally:
-        release.set()
-        handle.remove()
         seg.close()
         probe.close()
 

@@ -613,6 +613,38 @@ def test_segmenter_process_runs_from_the_params_file_and_exits_cleanly_on_ctrl_c
     assert "UNTRAINED" in out and "active: segmenting /proc_camera" in out
 
 
+def test_a_teardown_that_blocks_ends_the_node_process_with_status_1_and_its_stacks(
+        domain_id, model_yaml, tmp_path):
+    """The middleware can block for good while tearing down (FastDDS deleting a participant
+    whose TCP peer is still connected): after Ctrl-C the process still ends, within the
+    teardown timeout, with status 1 and every thread's stack in its output. The block is
+    made here by a destroy_node that sleeps."""
+    import sys
+
+    cmd = [sys.executable, "-c",
+           "import sys, time; import davss_ros.ros.node as n; n.TEARDOWN_TIMEOUT_S = 1.0; "
+           "n.SegmenterNode.destroy_node = lambda self: time.sleep(3600); "
+           "sys.exit(n.main(sys.argv))",
+           "--ros-args", "-r", "__ns:=/blocked",
+           "-p", f"model.config:={model_yaml}", "-p", "model.device:=cpu",
+           "-p", f"input.width:={W}", "-p", f"input.height:={H}"]
+    with Harness(domain_id) as harness:
+        proc = harness.spawn(cmd, log_path=tmp_path / "node.log")
+        deadline = time.monotonic() + 60
+        while "active: segmenting" not in proc.tail(100):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.tail()
+            time.sleep(0.1)
+        started = time.monotonic()
+        code = proc.stop(timeout=30)
+        took = time.monotonic() - started
+    out = proc.tail(1000)
+    assert code == 1, out
+    assert "Timeout (0:00:01)!" in out, out
+    # the main thread's stack, down to the blocked call
+    assert "in <lambda>" in out and "davss_ros/ros/node.py" in out and "in main" in out, out
+    assert took < 30, out
+
+
 def test_node_bench_measures_latency_and_overhead(model_yaml):
     from davss_ros.tools.node_bench import run_node_bench
 

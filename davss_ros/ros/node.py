@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import functools
 import os
 import posixpath
@@ -1114,6 +1115,10 @@ def _ignore_sigint():
     return signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# Seconds the ROS teardown after Ctrl-C may take before the process ends anyway (status 1).
+TEARDOWN_TIMEOUT_S = 20.0
+
+
 def main(args: list[str] | None = None, *, exit_process: bool = True) -> int:
     """Console script ``segmenter``: run the node until Ctrl-C.
 
@@ -1151,12 +1156,20 @@ def main(args: list[str] | None = None, *, exit_process: bool = True) -> int:
         # A second SIGINT (a terminal's Ctrl-C plus the one a launch file forwards) must not
         # break off the teardown with a KeyboardInterrupt.
         previous = _ignore_sigint()
+        # A teardown blocked inside the middleware (FastDDS can block deleting a participant
+        # whose TCP peer is still connected) must not keep the process: faulthandler's own
+        # thread, which needs no GIL, prints every thread's stack and exits with status 1.
+        # (Only when this process is the node's own: it would end a caller's process too.)
+        if exit_process:
+            faulthandler.dump_traceback_later(TEARDOWN_TIMEOUT_S, exit=True)
         if node is not None:
             node.close()
             executor.remove_node(node)
             node.destroy_node()
         executor.shutdown()
         rclpy.try_shutdown()  # also flushes and closes ROS logging
+        if exit_process:
+            faulthandler.cancel_dump_traceback_later()
         _ignore_sigint()  # rclpy's shutdown put its predecessor back
     if previous is not None and not exit_process:
         signal.signal(signal.SIGINT, previous)

@@ -573,10 +573,17 @@ def test_params_file_documents_every_parameter_with_its_default():
 
 
 @pytest.mark.known_flaky(reason=(
-    "FastDDS discovery between this test process and a node process started beside it "
-    "sometimes never completes (about 1 run of 6): the LARGE_DATA transports' failure that "
+    "Two FastDDS 3.2.2 faults (the version inside the ros-fastdds 3.2.3 wheel, the newest "
+    "on the index). (1) Discovery between this test process and a node process started "
+    "beside it sometimes never completes: the LARGE_DATA transports' failure that "
     "test_large_frames.CROSS_PROCESS_DISCOVERY measures (scripts/discovery_loop.py: 6 of 40 "
-    "rounds with LARGE_DATA, 0 of 80 with DEFAULT)"))
+    "rounds with LARGE_DATA, 0 of 80 with DEFAULT). (2) About 1 run of this file in 10, the "
+    "node process's teardown after Ctrl-C blocks deleting its participant: gdb shows "
+    "TCPChannelResourceBasic::disconnect() waiting for the channel's read mutex, held by "
+    "the channel's listening thread in a blocking recv() on a peer that sends nothing. "
+    "That is eProsima/Fast-DDS#6066, fixed in FastDDS 3.2.3; the node ends such a "
+    "teardown after TEARDOWN_TIMEOUT_S with status 1 and its stacks, so this test fails "
+    "in 20 s instead of hanging"))
 def test_segmenter_process_runs_from_the_params_file_and_exits_cleanly_on_ctrl_c(
         domain_id, model_yaml, tmp_path):
     """The console-script entry point in its own process: autostart, outputs, Ctrl-C."""

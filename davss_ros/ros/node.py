@@ -1156,9 +1156,12 @@ def main(args: list[str] | None = None, *, exit_process: bool = True) -> int:
         # A second SIGINT (a terminal's Ctrl-C plus the one a launch file forwards) must not
         # break off the teardown with a KeyboardInterrupt.
         previous = _ignore_sigint()
-        # A teardown blocked inside the middleware (FastDDS can block deleting a participant
-        # whose TCP peer is still connected) must not keep the process: faulthandler's own
-        # thread, which needs no GIL, prints every thread's stack and exits with status 1.
+        # A teardown blocked inside the middleware must not keep the process. FastDDS 3.2.2
+        # (the ros-fastdds wheel) can block deleting a participant whose TCP peer stays
+        # connected and silent: disconnect() waits for the read mutex that the channel's
+        # listening thread holds in a blocking recv() (eProsima/Fast-DDS#6066, fixed in
+        # 3.2.3). faulthandler's own thread, which needs no GIL, then prints every thread's
+        # stack and exits with status 1.
         # (Only when this process is the node's own: it would end a caller's process too.)
         if exit_process:
             faulthandler.dump_traceback_later(TEARDOWN_TIMEOUT_S, exit=True)

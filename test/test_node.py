@@ -449,10 +449,11 @@ def test_bad_frames_are_skipped_with_an_error_and_the_node_keeps_running(active,
     short = frame(60)
     short.data = short.data[: len(short.data) - 10]
     short.header.stamp.sec = 2001
-    for bad in (yuv, short):
+    # One at a time, each once the previous one's error is counted: a frame still waiting
+    # when the next arrives would be dropped (the one-frame slot keeps only the newest).
+    for i, bad in enumerate((yuv, short), start=1):
         probe.publisher("/image").publish(bad)
-        time.sleep(0.3)  # one at a time: the one-frame slot keeps only the newest
-    assert probe.wait(lambda: node.stats.error_count >= errors_before + 2)
+        assert probe.wait(lambda i=i: node.stats.error_count >= errors_before + i)
     assert "data has" in node.stats.last_error
     # A good frame afterwards still gets its outputs.
     infos = send_closed_loop(probe, "/image", "/davss_segmenter/frame_info", [frame(61)])

@@ -882,16 +882,17 @@ class SegmenterNode(LifecycleNode):
 
         Each camera as the worker sees it at ``started``: its period (the running average
         of its arrival intervals), its next arrival (its newest plus a period), the frames
-        of it waiting in the worker's queue, and what one of its propagated frames costs
-        the worker (the step's running time plus decoding and publishing). A camera gone
+        of it waiting in the worker's queue, when its frame in hand on another worker ends
+        (model.workers > 1), and what one of its propagated frames costs the worker (the
+        step's running time plus decoding and publishing). A camera gone
         quiet (no frame for four periods) takes no time; a camera propagated for longer
         than this one has its next frame counted as a key frame (its claim comes first).
         What this frame spends outside the step comes off. One camera is the same
         computation with one stream."""
-        if cam.arrival_period is None or cam.overhead is None:
+        worker = self._worker
+        if cam.arrival_period is None or cam.overhead is None or worker is None:
             return None
         mine = cam.seg.scheduler.propagation_distance
-        worker = self._worker
         loads, current = [], 0
         for other in self._cameras:
             p, last, seg = other.arrival_period, other.last_arrival, other.seg
@@ -901,7 +902,7 @@ class SegmenterNode(LifecycleNode):
             if other is cam:
                 current = len(loads)
                 last = max(last if last is not None else received, received)
-            waiting = [it[2] for it in worker.waiting_items(other.name)] if worker else []
+            waiting = [it[2] for it in worker.waiting_items(other.name)]  # arrivals
             overhead = other.overhead.mean or 0.0
             key = seg.key_cost_bound_ms
             frame_ms = (seg.expected_ms["nonkey"] or 0.0) + overhead
@@ -912,13 +913,12 @@ class SegmenterNode(LifecycleNode):
                 # on another worker: counted as a propagated frame, ending that much later
                 running_ms=max(0.0, frame_ms - (started - since) * 1e3)
                 if since is not None else None,
-                waiting_ms=tuple((t - started) * 1e3 for t in waiting[-worker.depth:])
-                if worker else (),
-                depth=worker.depth if worker else 1,
+                waiting_ms=tuple((t - started) * 1e3 for t in waiting),
+                depth=worker.depth,
                 # propagated for longer than this camera: its next key frame comes first
                 claim_ms=key + overhead if key is not None
                 and seg.scheduler.propagation_distance > mine else None))
-        return key_budget_ms(loads, current, workers=worker.threads if worker else 1) \
+        return key_budget_ms(loads, current, workers=worker.threads) \
             - (cam.overhead.mean or 0.0)
 
     def _publish(self, cam: _Camera, msg: Image, rgb: np.ndarray, result, received: float,

@@ -158,7 +158,7 @@ class LatestFrameWorker(Generic[T]):
             self._processed = 0
 
     def stop(self, timeout: float | None = 10.0) -> bool:
-        """Discard the waiting item, finish the current one and end the thread."""
+        """Discard the waiting items, finish the ones in hand and end the threads."""
         with self._cond:
             self._stopping = True
             items = self._take_all()
@@ -196,7 +196,6 @@ class LatestFrameWorker(Generic[T]):
     def _run(self) -> None:
         while True:
             with self._cond:
-                taken = None
                 while not self._stopping:
                     taken = self._next()
                     if taken is not None:

@@ -532,14 +532,26 @@ def test_inference_only_model_fields_leave_the_stage_fingerprints_alone(data_roo
     assert [other.fingerprint(n) for n in range(4)] == [base.fingerprint(n) for n in range(4)]
 
 
-@pytest.mark.parametrize("distortion", ["signals", "signals_mix"])
+def test_stage4s_cfnet_settings_leave_its_fingerprint_alone_while_cfnet_is_not_trained(
+        data_root):
+    def fp(**s4):
+        return load_train_config(tiny_config(data_root, s4=s4)).fingerprint(4)
+
+    assert fp() == fp(cfnet_lr=0.5, cue_weight=2.0)  # stage-4 runs of before keep theirs
+    assert fp(train_cfnet=True) not in (fp(), fp(train_cfnet=True, cfnet_lr=0.5))
+
+
+@pytest.mark.parametrize("distortion,train_cfnet", [("signals", False),
+                                                    ("signals_mix", False),
+                                                    ("signals_mix", True)])
 def test_a_refined_run_reuses_the_paper_stages_and_trains_only_the_refiner(
-        tmp_path, data_root, capsys, distortion):
+        tmp_path, data_root, capsys, distortion, train_cfnet):
+    """Stage 4 trains the refiner (and CFNet with ``train_cfnet``), nothing else."""
     base = write_config(tmp_path / "base.yaml", tiny_config(data_root))
     assert train(base, tmp_path / "base") == 0
     assert "stage 4 (signals distortion estimator): skipped" in capsys.readouterr().out
     data = tiny_config(data_root, s4={"iterations": 3, "batch_size": 2, "max_distance": 3,
-                                      "log_every": 1})
+                                      "log_every": 1, "train_cfnet": train_cfnet})
     data["model"] = {**data["model"], "distortion": distortion}
     sig = write_config(tmp_path / "signals.yaml", data)
     capsys.readouterr()
@@ -548,7 +560,11 @@ def test_a_refined_run_reuses_the_paper_stages_and_trains_only_the_refiner(
     assert all(f"stage {n}: reusing" in text for n in range(4))
     assert "stage 4 (signals distortion estimator): 3 iterations" in text
     a, b = _weights(tmp_path / "base" / "final.pt"), _weights(tmp_path / "signals" / "final.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)  # the paper's networks are untouched
+    cfnet = [k for k in a if k.startswith("cfnet.")]
+    assert cfnet and all(torch.equal(a[k], b[k]) for k in a if k not in cfnet)
+    # CFNet learns only with train_cfnet (its weights, not only its BatchNorm statistics)
+    learned = [k for k in cfnet if k.endswith(".weight") and not torch.equal(a[k], b[k])]
+    assert bool(learned) == train_cfnet
     refiner = [k for k in b if k.startswith("refiner.")]
     assert refiner and not any(k in a for k in refiner)
     if distortion == "signals_mix":
@@ -557,7 +573,9 @@ def test_a_refined_run_reuses_the_paper_stages_and_trains_only_the_refiner(
     else:
         assert not any(k.startswith("refiner.mix") for k in refiner)
     with open(tmp_path / "signals" / "stage4.csv") as f:
-        assert {"CE", "BCE", "floor", "slope"} <= set(next(csv.DictReader(f)))
+        columns = set(next(csv.DictReader(f)))
+    assert {"CE", "BCE", "floor", "slope"} <= columns
+    assert ("CE_cue" in columns) == train_cfnet
     final = load_checkpoint(tmp_path / "signals" / "final.pt")
     assert final.config.model.distortion == distortion
     seg = VideoSegmenter({"model": {"mode": "davss", "input_height": H, "input_width": W}},

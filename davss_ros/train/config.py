@@ -164,6 +164,10 @@ class Stage4Config(StageConfig):
     target: str = "auto"
     bce_weight: float = 1.0  # weight of the BCE of the refined map against the paper's target
     cache_logits: bool = False  # as in stage 2
+    # CFNet learns too, against the fused output, plus cue_weight x its own cross-entropy.
+    train_cfnet: bool = False
+    cfnet_lr: float = 1e-3
+    cue_weight: float = 0.5
 
 
 @dataclass
@@ -271,6 +275,11 @@ class TrainConfig:
             "stages": [{k: v for k, v in _plain(dataclasses.asdict(self.stage(i))).items()
                         if k not in skip} for i in range(n + 1)],
         }
+        if n >= 4 and not self.stage4.train_cfnet:
+            # Settings added with train_cfnet: left out while it is off, so stage-4 runs
+            # written before it keep their fingerprints.
+            for k in ("train_cfnet", "cfnet_lr", "cue_weight"):
+                data["stages"][4].pop(k)
         if data["dataset"].get("generate"):
             data["dataset"]["generate"].pop("workers", None)
         text = json.dumps(data, sort_keys=True, default=str)

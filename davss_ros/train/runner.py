@@ -333,14 +333,19 @@ class Trainer:
                 {"params": _params(net.dmnet), "name": "dmnet"}]
         if n == 4:
             s4 = cfg.stage4
-            set_trainable(net, {"refiner"})
+            set_trainable(net, {"refiner", "cfnet"} if s4.train_cfnet else {"refiner"})
             dataset = DistortionClips(source, max_distance=s4.max_distance,
                                       augment=_augment(scfg), seed=seed,
                                       labels=s4.target != "segmenter")
             module = RefinerStep(net, flow, target=s4.target, bce_weight=s4.bce_weight,
                                  cache=LogitCache() if s4.cache_logits else None,
-                                 segmenter=self.key_segmenter)
-            return module, dataset, [{"params": _params(net.refiner), "name": "refiner"}]
+                                 segmenter=self.key_segmenter, train_cfnet=s4.train_cfnet,
+                                 cue_weight=s4.cue_weight)
+            groups = [{"params": _params(net.refiner), "name": "refiner"}]
+            if s4.train_cfnet:
+                groups.append({"params": _params(net.cfnet), "lr": s4.cfnet_lr,
+                               "name": "cfnet"})
+            return module, dataset, groups
         s3 = cfg.stage3
         train_flow = learned and s3.train_flow
         names = {"cfnet"} | ({"flownet"} if train_flow else set()) | (

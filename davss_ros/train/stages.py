@@ -7,7 +7,9 @@
   argmax(segmenter on F_t).
 - 4 ``RefinerStep`` (``model.distortion: signals`` only): the key frame is propagated as in
   stage 2; the refiner (``davss_ros.model.refiner``) and its fusion floor learn from the
-  fused output's cross-entropy and a BCE of the refined map, everything else frozen.
+  fused output's cross-entropy and a BCE of the refined map; with ``train_cfnet`` CFNet
+  learns with them (the cue is then trained against the output it is fused into, as
+  Accel's branch is), everything else frozen.
 - 3 ``DDSStep``: dual deep supervision of the flow (when learned) and CFNet: F1 -> F2 -> F3
   with two warps (flows computed between those frames directly, as in the paper's
   training), L_P, L_C and L_DGFL on F2 (pseudo label) and F3 (ground truth); and the Accel
@@ -283,11 +285,17 @@ class RefinerStep(nn.Module):
     segmenter's pseudo label: the same loss teaches from a key segmenter alone) plus
     ``bce_weight`` x BCE of M_s against argmax(propagated) != argmax(segmenter), the paper's
     distortion target.
+
+    ``train_cfnet``: CFNet is trained too, through the fused output, plus ``cue_weight`` x
+    the cross-entropy of the cue alone against the same target (the cue stays a segmenter
+    of its own: its agreement with the key segmenter is the cue trust,
+    :func:`davss_ros.model.refiner.cue_trust`).
     """
 
     def __init__(self, net: DavssNet, flow: FlowProvider, *, target: str = "auto",
                  bce_weight: float = 1.0, cache: LogitCache | None = None,
-                 segmenter: nn.Module | None = None) -> None:
+                 segmenter: nn.Module | None = None, train_cfnet: bool = False,
+                 cue_weight: float = 0.5) -> None:
         super().__init__()
         if net.refiner is None:
             raise ValueError("stage 4 trains the signals distortion estimator; the model has "
@@ -297,6 +305,7 @@ class RefinerStep(nn.Module):
                              f"{target!r}")
         self.net, self.flow, self.cache = net, flow, cache
         self.target, self.bce_weight = target, float(bce_weight)
+        self.train_cfnet, self.cue_weight = bool(train_cfnet), float(cue_weight)
         self._segmenter = [segmenter]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -309,6 +318,7 @@ class RefinerStep(nn.Module):
         current_image = quarter_image(current)
         with torch.no_grad():
             m = step.distortion(prop_image, current_image)
+        with torch.set_grad_enabled(self.train_cfnet and torch.is_grad_enabled()):
             cue = self.net.cfnet(current)
         refined, weight = step.fusion_weight(m, cue, prop, (prop_image, current_image))
         fused = step.fuse("davss", prop, cue, weight)
@@ -320,7 +330,13 @@ class RefinerStep(nn.Module):
         ce = segmentation_loss(fused, target)
         bce = distortion_loss(refined, distortion_target(prop, current_logits))
         loss = ce + self.bce_weight * bce
-        return {"loss": loss, "CE": ce.detach(), "BCE": bce.detach(),
-                "M_mean": refined.detach().mean(), "floor": self.net.refiner.floor.detach(),
-                "slope": self.net.refiner.slope.detach()}
+        out = {"CE": ce.detach(), "BCE": bce.detach(), "M_mean": refined.detach().mean(),
+               "floor": self.net.refiner.floor.detach(),
+               "slope": self.net.refiner.slope.detach()}
+        if self.train_cfnet:
+            cue_ce = segmentation_loss(cue, target)
+            loss = loss + self.cue_weight * cue_ce
+            out["CE_cue"] = cue_ce.detach()
+        out["loss"] = loss
+        return out
 

@@ -24,6 +24,8 @@ MODES = ("per_frame", "dff", "accel", "davss")
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 POLICIES = ("fixed", "adaptive", "budget")
 DISTORTION_METRICS = ("mean", "ratio")
+# Which distortion map the adaptive policy reads (davss_ros.schedule).
+SCHEDULE_SOURCES = ("dmnet", "refined")
 # What the davss fusion weights f_CC by: DMNet's map (the method) or a constant map (the
 # paper's "without DGFC" ablation, for a model trained that way).
 DISTORTION_MAPS = ("predicted", "constant")
@@ -113,6 +115,9 @@ class ScheduleConfig:
     key_interval: int = 5
     threshold: float = 0.2
     metric: str = "mean"
+    # dmnet: DMNet's map, before the current-frame branch runs; refined: the map the fusion
+    # uses (the signals estimator's, where the model has one; DMNet's otherwise).
+    source: str = "dmnet"
     max_interval: int = 10
     # Scene cut: warped-image photometric error above factor x its running level (and above
     # min_error, in [0, 1] intensity units) forces a key frame.
@@ -145,6 +150,7 @@ class DavssConfig:
         _choice("model.flow.dis_preset", m.flow.dis_preset, DIS_PRESETS)
         _choice("schedule.policy", s.policy, POLICIES)
         _choice("schedule.metric", s.metric, DISTORTION_METRICS)
+        _choice("schedule.source", s.source, SCHEDULE_SOURCES)
         if m.segmenter.output_stride not in (8, 16):
             raise ValueError(
                 f"model.segmenter.output_stride must be 8 or 16, got {m.segmenter.output_stride}"

@@ -447,6 +447,12 @@ class VideoSegmenter:
                                               timer=timer)
             perr = photometric_error(estimate.warped_image, estimate.current_image)
             m = estimate.distortion_map
+            if (adaptive and self.config.schedule.source == "refined" and mode == "davss"
+                    and self._non_key.refiner is not None):
+                # Decide on the map the fusion uses: the cue runs first (a key frame needs
+                # it anyway, for the cue trust), the refined map comes with the fusion.
+                parts = self._non_key.complete(self._state, estimate, x, mode, timer=timer)
+                m = parts.distortion_map
             if m is not None:
                 m_mean = float(m.mean())
                 m_ratio = float((m > 0.5).float().mean())
@@ -461,15 +467,18 @@ class VideoSegmenter:
                 # The signals fusion leans on the cue: measure how far it agrees with the
                 # key segmenter here (davss_ros/model/refiner.py, cue_trust).
                 with timer("cfnet"):
-                    trust = cue_trust(self.net.cfnet(x), out)
+                    cue = self.net.cfnet(x) if parts is None else parts.cue
+                    trust = cue_trust(cue, out)
             self._state = PropagationState.from_key(x, out, trust=trust)
-            m, m_mean, m_ratio = None, 0.0, 0.0
+            m, m_mean, m_ratio, parts = None, 0.0, 0.0, None
         else:
-            parts = self._non_key.complete(self._state, estimate, x, mode, timer=timer)
+            if parts is None:
+                parts = self._non_key.complete(self._state, estimate, x, mode, timer=timer)
             out = parts.fused
             if parts.distortion_map is not None and parts.distortion_map is not m:
                 # The signals estimator refines DMNet's map once the cue exists: the map
-                # published is the refined one (the schedule decided on DMNet's, above).
+                # published is the refined one (with schedule.source dmnet, the schedule
+                # decided on DMNet's, above).
                 m = parts.distortion_map
                 m_mean = float(m.mean())
                 m_ratio = float((m > 0.5).float().mean())

@@ -527,3 +527,33 @@ def test_a_key_frame_measures_the_cue_trust_and_an_untrusted_cue_fuses_with_dmne
                               torch.nn.functional.avg_pool2d(seg.state.frame, 4))
         torch.testing.assert_close(p.distortion_map, dmnet)
         torch.testing.assert_close(p.fused, p.propagated * (1 - dmnet) + p.cue * dmnet)
+
+
+@pytest.mark.parametrize("source", ["dmnet", "refined"])
+def test_the_adaptive_policy_decides_on_the_map_its_source_names(source):
+    """DMNet made to see no distortion (equal features: M = 0) and a refiner that calls
+    every pixel distorted (M_s = 1): only the source ``refined`` makes a key frame."""
+    from davss_ros.config import ScheduleConfig
+    from davss_ros.model.refiner import cue_trust
+
+    seg = _signals_segmenter()
+    last = seg.net.dmnet.features[-1]
+    last.weight.data.zero_()
+    last.bias.data.fill_(1.0)
+    seg.net.refiner.head[-1].bias.data.fill_(30.0)
+    seg.set_schedule(ScheduleConfig(policy="adaptive", threshold=0.5, max_interval=50,
+                                    source=source))
+    base = textured()
+    seg.step(base)
+    seg._state = dataclasses.replace(seg._state, trust=1.0)  # a trusted cue
+    r = seg.step(shifted(base, 4))
+    assert r.is_key == (source == "refined")
+    if source == "refined":
+        assert r.key_reason == "distortion"
+        # the key frame's cue trust is measured on this frame, from the cue already run
+        x = seg.state.frame
+        with torch.no_grad():
+            assert seg.state.trust == pytest.approx(
+                cue_trust(seg.net.cfnet(x), seg.net.segmenter(x)))
+    else:  # DMNet's map decided; the map published is still the refined one
+        assert r.key_reason == "" and r.distortion_mean > 0.99

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from davss_ros.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from davss_ros.config import MODES, load_config
+from davss_ros.config import MODES, SCHEDULE_SOURCES, load_config
 from davss_ros.registry import DATASETS
 
 from .pda import (
@@ -106,6 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: 0.02,0.05,0.1,0.15,0.2,0.3)")
     sweep.add_argument("--max-interval", type=int, default=None,
                        help="adaptive max_interval (default: the checkpoint's schedule)")
+    sweep.add_argument("--schedule-source", choices=SCHEDULE_SOURCES, default=None,
+                       help="the map the adaptive policy reads: dmnet or refined (the "
+                            "fusion's; default: the checkpoint's schedule)")
     sweep.add_argument("--clips", type=int, default=None, help="only the first N clips")
     sweep.add_argument("--frames", type=int, default=None,
                        help="only the first N frames of each clip (default: all)")
@@ -311,6 +314,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         base = segmenter.config.schedule
         if args.max_interval is not None:
             base = replace(base, max_interval=args.max_interval)
+        if args.schedule_source is not None:
+            base = replace(base, source=args.schedule_source)
         segmenter.set_schedule(base)  # validates the base schedule
         if args.costs is not None:
             costs = [float(v) for v in str(args.costs).split(",")] \

@@ -33,6 +33,7 @@ from davss_ros.config import (
     FLOW_PROVIDERS,
     MODES,
     POLICIES,
+    SCHEDULE_SOURCES,
     ScheduleConfig,
 )
 
@@ -115,6 +116,10 @@ SPECS: dict[str, Spec] = {
     "schedule.metric": Spec(
         _S.metric, "Adaptive policy: mean (mean of the distortion map) or ratio (share of "
         "pixels above 0.5).", applies="live", choices=DISTORTION_METRICS),
+    "schedule.source": Spec(
+        _S.source, "Adaptive policy: the distortion map it reads. dmnet: DMNet's, before "
+        "the current-frame branch runs; refined: the map the fusion uses (the signals "
+        "estimator's, where the model has one).", applies="live", choices=SCHEDULE_SOURCES),
     "schedule.max_interval": Spec(
         _S.max_interval, "Adaptive policy: the longest run of non-key frames.",
         applies="live", int_range=(1, 1000, 1)),

@@ -463,6 +463,21 @@ def test_shipped_training_configs_load(name):
         assert cfg.model.model.num_classes == 11 and cfg.stage0.flip
 
 
+def test_every_training_config_loads_and_the_strong_variants_reuse_stages_0_to_3():
+    root = REPO / "config" / "train"
+    configs = {p.relative_to(root).as_posix(): load_train_config(p)
+               for p in sorted(root.rglob("*.yaml"))}
+    assert "synthetic_strong_mix_cf.yaml" in configs
+    strong = configs["synthetic_strong.yaml"]
+    for name in ("synthetic_strong_mix.yaml", "synthetic_strong_mix_cf.yaml"):
+        cfg = configs[name]
+        assert [cfg.fingerprint(n) for n in range(4)] == \
+            [strong.fingerprint(n) for n in range(4)], name
+        assert cfg.fingerprint(4) != strong.fingerprint(4)
+    assert configs["synthetic_strong_mix_cf.yaml"].stage4.train_cfnet
+    assert not strong.stage4.train_cfnet
+
+
 def test_unknown_stage_setting_is_an_error_naming_it(tmp_path):
     data = tiny_config(tmp_path, s2={"max_distnace": 3})
     with pytest.raises(ValueError, match="max_distnace"):

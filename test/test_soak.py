@@ -28,6 +28,12 @@ from davss_ros.tools.soak import (  # noqa: E402
 
 
 @pytest.mark.slow
+@pytest.mark.known_flaky(reason=(
+    "The cross-process discovery failure of FastDDS 3.2.2's LARGE_DATA mode (see "
+    "test_large_frames.CROSS_PROCESS_DISCOVERY for the measurements): in 1 clean-clone run "
+    "of 12 the node process came up active but the soak was not matched with it within 180 "
+    "s; the run before and the retry passed. The soak's error now names the side that never "
+    "matched"))
 def test_one_minute_soak_accounts_for_every_frame_and_keeps_memory_bounded(tmp_path):
     cfg = SoakConfig(minutes=1.0, rate=30.0, width=1280, height=720, warmup_s=10.0,
                      domain_id=unique_domain_id(),

@@ -204,8 +204,14 @@ def run_soak(cfg: SoakConfig, progress=print) -> dict:
                 raise RuntimeError(f"the node exited with status {node.poll()} before "
                                    f"it was ready; its log:\n{node.tail()}")
             if time.monotonic() > deadline:
+                # Which side never matched: what tells a discovery failure between the two
+                # processes from a node that is slow to come up.
+                seen = (f"camera -> node: {pub.get_subscription_count()} subscriber(s); "
+                        f"node -> here: {[sb.get_publisher_count() for sb in subs]} "
+                        f"publisher(s) per output; lifecycle state in the diagnostics "
+                        f"received: {rec.diag.get('lifecycle state')!r}")
                 raise RuntimeError(f"the node was not ready within {cfg.start_timeout_s:g} "
-                                   f"s; its log:\n{node.tail()}")
+                                   f"s ({seen}); its log:\n{node.tail()}")
             time.sleep(0.1)
         time.sleep(1.0)  # let the node's reader finish matching this writer
         pid = node.pid

@@ -679,3 +679,34 @@ def test_the_signals_fusion_blends_with_dmnets_by_the_trust():
     assert torch.equal(none_m, m) and torch.equal(none_w, m)
     torch.testing.assert_close(half_w, 0.5 * full_w + 0.5 * m)
     torch.testing.assert_close(half_m, 0.5 * full_m + 0.5 * m)
+
+
+@pytest.mark.parametrize("base_distortion,distortion", [("signals", "paper"),
+                                                        ("signals", "signals_mix"),
+                                                        ("signals_mix", "signals")])
+def test_stages_0_to_3_of_a_refined_run_serve_a_run_with_another_estimator(
+        tmp_path, data_root, capsys, base_distortion, distortion):
+    """Stages 0-3 do not depend on the distortion estimator, so --reuse shares them whatever
+    the refiner of the run that wrote them (make results: the paper ablation reuses the
+    shipped signals_mix run's stages)."""
+    s4 = {"iterations": 2, "batch_size": 2, "max_distance": 3, "log_every": 1}
+
+    def config(name, estimator):
+        data = tiny_config(data_root, s4=s4)
+        data["model"] = {**data["model"], "distortion": estimator}
+        return write_config(tmp_path / f"{name}.yaml", data)
+
+    assert train(config("base", base_distortion), tmp_path / "base") == 0
+    base_stage3 = _weights(tmp_path / "base" / "stage3.pt")
+    assert any(k.startswith("refiner.") for k in base_stage3)
+    capsys.readouterr()
+    assert train(config("other", distortion), tmp_path / "other", "--reuse",
+                 str(tmp_path / "base")) == 0
+    text = capsys.readouterr().out
+    assert all(f"stage {n}: reusing" in text for n in range(4))
+    final = _weights(tmp_path / "other" / "final.pt")
+    shared = [k for k in base_stage3 if k.startswith(("segmenter.", "dmnet.", "cfnet."))]
+    assert shared and all(torch.equal(base_stage3[k], final[k]) for k in shared)
+    assert any(k.startswith("refiner.") for k in final) == (distortion != "paper")
+    assert load_checkpoint(tmp_path / "other" / "final.pt").config.model.distortion == \
+        distortion

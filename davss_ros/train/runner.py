@@ -18,6 +18,7 @@ settings changed is retrained, and so are the stages after it. ``force`` retrain
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -431,9 +432,14 @@ class Trainer:
 
 
 def _load_stage(net: DavssNet, checkpoint: Checkpoint) -> None:
-    """A stage's weights into ``net``; a stage written by a run without the signals refiner
-    (stages 0-3 are the same either way, so ``--reuse`` shares them) leaves the refiner as
-    it is."""
+    """A stage's weights into ``net``. The refiner is stage 4's: stages 0-3 do not train it
+    and their fingerprints do not depend on the distortion estimator, so ``--reuse`` shares
+    them between runs with another estimator (paper, signals, signals_mix) or none. The
+    refiner tensors of a stage 0-3 file (its initial weights, in a refined run's files) are
+    left out, and the refiner of ``net`` keeps its own."""
+    if int(checkpoint.meta.get("stage", 4)) < 4:
+        kept = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith("refiner.")}
+        checkpoint = dataclasses.replace(checkpoint, state_dict=kept)
     optional = ("refiner.",) if net.refiner is not None else ()
     load_weights(net, checkpoint, optional=optional)
 

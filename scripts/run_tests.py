@@ -1,7 +1,7 @@
 """Run the test suite: ROS test files each in a fresh process, the rest together.
 
 Why not one pytest process: every ROS test module starts its own rclpy contexts and
-FastDDS participants (LARGE_DATA: TCP + shared memory). A participant that is finalised by
+FastDDS participants (TCP, UDP, shared memory). A participant that is finalised by
 the garbage collector while another module's participants are busy can block inside
 FastDDS for good, so one module's leftovers must not outlive its process. Each process has
 a time limit, so a hang fails that file instead of stalling CI.

@@ -1,4 +1,4 @@
-"""Shared test set-up: small, seeded, single-threaded torch; LARGE_DATA for FastDDS."""
+"""Shared test set-up: small, seeded, single-threaded torch; FastDDS's DEFAULT transports."""
 
 import faulthandler
 import os
@@ -6,8 +6,17 @@ import signal
 import sys
 import time
 
-# Must be set before rclpy initialises FastDDS (see ../shared/notes/environment.md).
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+# Must be set before rclpy initialises FastDDS (see ../shared/notes/environment.md). The
+# node runs with LARGE_DATA (TCP + shared memory; ros/env.py) unless told otherwise, but
+# the ROS tests run on DEFAULT (UDP + shared memory): FastDDS 3.2.2, the version inside the
+# newest ros-fastdds wheel, has two LARGE_DATA faults that no code of ours can avoid and
+# that turned clean-clone runs red: participant deletion deadlocking in the TCP transport's
+# disconnect (eProsima/Fast-DDS#6066, fixed in 3.2.3) and cross-process discovery that
+# never completes (scripts/discovery_loop.py: 6 of 40 rounds with LARGE_DATA, 0 of 80 with
+# DEFAULT). The files about LARGE_DATA select it themselves (test_transport.py,
+# test_large_frames.py, test_shm.py). FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA make test runs
+# everything on it.
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "DEFAULT")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -19,6 +19,10 @@ import time
 
 import pytest
 
+# This file is about frames on the node's default transports: LARGE_DATA here and in the
+# processes it starts, whatever conftest.py chose for the other ROS tests.
+os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+
 rclpy = pytest.importorskip("rclpy", reason="the ROS 2 Python client library is not installed")
 pytest.importorskip("davss_msgs", reason="davss_msgs is not built into this environment")
 
@@ -42,7 +46,7 @@ PER_PUBLISHER = 15
 # TCP transport now and then blocks for good deleting a participant).
 CAMERA = textwrap.dedent("""
     import os, sys, time
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     import numpy as np, rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, DurabilityPolicy
     from sensor_msgs.msg import Image
@@ -89,8 +93,8 @@ class CameraProcess:
 
     def __init__(self, domain_id: int, name: str, topic: str, w: int = BIG_W,
                  h: int = BIG_H, n: int = BIG_FRAMES) -> None:
-        env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
-        env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id),
+                   FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CAMERA, name, topic, str(w), str(h), str(n)], env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -186,7 +190,8 @@ CROSS_PROCESS_DISCOVERY = (
     "set-up: 6 of 40 rounds failed with LARGE_DATA everywhere, 0 of 80 with DEFAULT "
     "everywhere (and LARGE_DATA?tcp_negotiation_timeout=200 did not help: 4 of 40), so the "
     "failure is the LARGE_DATA transports' (TCP metatraffic), not the node's or the "
-    "harness's. The tests keep LARGE_DATA because it is what the node runs with")
+    "harness's. This file keeps LARGE_DATA because it is what the node runs with (the other "
+    "ROS tests run on DEFAULT, conftest.py)")
 
 
 @pytest.mark.known_flaky(reason=CROSS_PROCESS_DISCOVERY)

@@ -4,7 +4,8 @@ The node and a "camera" node that publishes frames and records what comes back s
 rclpy Context (one DDS participant: messages pass FastDDS's writers and readers,
 serialised, with no discovery between participants to wait on or time out; see
 davss_ros.tools.harness). The test of the node process, and test_transport.py and
-test_large_frames.py, cross between processes. Frames are sent closed-loop (the next one
+test_large_frames.py, cross between processes (on FastDDS's DEFAULT transports here,
+conftest.py; those two files on LARGE_DATA). Frames are sent closed-loop (the next one
 after the previous output arrived), so nothing is dropped and key-frame patterns are
 deterministic.
 """
@@ -573,18 +574,6 @@ def test_params_file_documents_every_parameter_with_its_default():
         assert values[name] == spec.default, name
 
 
-@pytest.mark.known_flaky(reason=(
-    "Two FastDDS 3.2.2 faults (the version inside the ros-fastdds 3.2.3 wheel, the newest "
-    "on the index). (1) Discovery between this test process and a node process started "
-    "beside it sometimes never completes: the LARGE_DATA transports' failure that "
-    "test_large_frames.CROSS_PROCESS_DISCOVERY measures (scripts/discovery_loop.py: 6 of 40 "
-    "rounds with LARGE_DATA, 0 of 80 with DEFAULT). (2) About 1 run of this file in 10, the "
-    "node process's teardown after Ctrl-C blocks deleting its participant: gdb shows "
-    "TCPChannelResourceBasic::disconnect() waiting for the channel's read mutex, held by "
-    "the channel's listening thread in a blocking recv() on a peer that sends nothing. "
-    "That is eProsima/Fast-DDS#6066, fixed in FastDDS 3.2.3; the node ends such a "
-    "teardown after TEARDOWN_TIMEOUT_S with status 1 and its stacks, so this test fails "
-    "in 20 s instead of hanging"))
 def test_segmenter_process_runs_from_the_params_file_and_exits_cleanly_on_ctrl_c(
         model_yaml, tmp_path):
     """The console-script entry point in its own process: autostart, outputs, Ctrl-C."""
@@ -592,8 +581,9 @@ def test_segmenter_process_runs_from_the_params_file_and_exits_cleanly_on_ctrl_c
     import sys
 
     # A domain of its own: the module's node and probe, alive and silent in this process,
-    # would be TCP peers of both sides here, the kind that FastDDS 3.2.2's participant
-    # deletion can wait on for good (see the known_flaky reason).
+    # would be TCP peers of both sides here under LARGE_DATA, the kind that FastDDS 3.2.2's
+    # participant deletion can wait on for good (eProsima/Fast-DDS#6066; the tests run on
+    # DEFAULT, conftest.py, but FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA make test does not).
     domain_id = unique_domain_id(salt=1)
 
     root = pathlib.Path(__file__).resolve().parents[1]

@@ -282,8 +282,8 @@ def test_external_mode_replays_through_a_running_node_process(assets, tmp_path):
     try:
         # The replay as a user runs it, in its own process, which has ended before the node
         # gets Ctrl-C. (Replay participants kept alive in this process would be silent TCP
-        # peers of the node's participant, which FastDDS 3.2.2 can wait on for good while
-        # deleting it: see test_node's known_flaky reason.)
+        # peers of the node's participant under LARGE_DATA, which FastDDS 3.2.2 can wait on
+        # for good while deleting it: eProsima/Fast-DDS#6066, conftest.py.)
         out = tmp_path / "out"
         run = subprocess.run(
             [sys.executable, "-m", "davss_ros.cli", "replay", str(assets["bag"]), "--external",

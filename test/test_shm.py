@@ -10,6 +10,10 @@ import textwrap
 
 import pytest
 
+# LARGE_DATA participants, as the node's, here too (conftest.py picks DEFAULT for the other
+# ROS tests); set before rclpy creates this process's participant.
+os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+
 rclpy = pytest.importorskip("rclpy", reason="the ROS 2 Python client library is not installed")
 
 from davss_ros.ros import shm  # noqa: E402

@@ -3,8 +3,9 @@
 A publisher runs in a separate process (the venv's Python, real rclpy and FastDDS); this
 process subscribes. Each test uses its own ROS_DOMAIN_ID (set in both processes before
 ``rclpy.init``) and its own topic names, so concurrent test runs do not see each other.
-FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA is in effect in both processes (conftest.py sets it
-here; the subprocess gets it explicitly).
+FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA is in effect in both processes (the ``ros`` fixture
+sets it here, whatever conftest.py chose for the other ROS tests; the subprocess gets it
+explicitly).
 """
 
 from __future__ import annotations

@@ -146,6 +146,14 @@ def machine_info() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def _seeded_text(seeded: dict[str, str]) -> str:
+    sources = ", ".join(f"`{x}`" for x in sorted(set(seeded.values())))
+    which = (f"stage {next(iter(seeded))} was" if len(seeded) == 1
+             else f"stages {', '.join(sorted(seeded))} were")
+    return (f"; {which} not retrained for this model: the weights come from {sources}, "
+            "trained with the same settings for those stages")
+
+
 def training_info(checkpoint) -> dict[str, Any]:
     """What the checkpoint's meta says about its training: data, stages, seconds."""
     meta = checkpoint.meta or {}
@@ -164,6 +172,10 @@ def training_info(checkpoint) -> dict[str, Any]:
                        if isinstance(v, dict) and "iterations" in v},
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1) if seconds else None,
+        # stages whose weights were taken from an earlier model instead of trained by this
+        # run (the same settings: the runner checked their fingerprints), stage -> source
+        "seeded": {k: v["seeded_from"] for k, v in stages.items()
+                   if isinstance(v, dict) and v.get("seeded_from")},
         "stage0_val_miou": (stages.get("0") or {}).get("val_miou"),
     }
 
@@ -684,7 +696,8 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
           f"{tr['data']['seed']}); iterations per stage {tr['iterations']}; "
           f"{_f(tr['total_seconds'], 0)} s of training "
           f"({', '.join(f'stage {k}: {v:.0f} s' for k, v in tr['stage_seconds'].items())}"
-          "), data rendering not included.",
+          "), data rendering not included"
+          + (_seeded_text(tr['seeded']) if tr.get("seeded") else "") + ".",
           f"- Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']} "
           f"({mach['torch_threads']} threads), Python {mach['python']}, {mach['system']}"
           + (f", GPU {mach['cuda']}" if mach.get("cuda") else ", no GPU") + ".",

@@ -36,6 +36,8 @@ def _save(path, seed, **model):
                                                           "seed": 0}}},
                           "config_file": "tiny.yaml",
                           "stages": {"0": {"iterations": 5, "seconds": 1.5},
+                                     "1": {"seeded_from": "earlier/davss.pt"},
+                                     "2": {"seeded_from": "earlier/davss.pt"},
                                      "3": {"iterations": 2, "seconds": 0.5}}})
     return path
 
@@ -95,6 +97,16 @@ def test_report_writes_markdown_figures_and_json(run):
     text = run["out"].read_text()
     for image in ("results/pda.png", "results/cca_gflops.png", "results/schedule.png"):
         assert f"]({image})" in text
+
+
+def test_the_report_names_stages_taken_from_an_earlier_model_instead_of_trained(run):
+    assert run["results"]["training"]["seeded"] == {"1": "earlier/davss.pt",
+                                                    "2": "earlier/davss.pt"}
+    setup = next(line for line in run["out"].read_text().splitlines()
+                 if line.startswith("- Training:"))
+    assert "(stage 0: 2 s, stage 3: 0 s)" in setup  # the stages this run trained
+    assert ("stages 1, 2 were not retrained for this model: the weights come from "
+            "`earlier/davss.pt`") in setup
 
 
 def test_pda_table_in_markdown_is_the_json(run):

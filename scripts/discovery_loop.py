@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("--camera-transports", default=None,
                         help="FASTDDS_BUILTIN_TRANSPORTS of the camera processes "
                              "(default: this process's)")
+    parser.add_argument("--one-participant", action="store_true",
+                        help="the probe and the node share one rclpy Context (one DDS "
+                             "participant in this process) instead of one each")
     args = parser.parse_args()
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     mine = os.environ["FASTDDS_BUILTIN_TRANSPORTS"]
@@ -51,7 +54,8 @@ def main() -> int:
         domain = unique_domain_id(salt=1000 + i)
         os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = mine  # this process's participants
         probe = Probe(domain)
-        seg = Segmenter(domain, _overrides(str(yaml)), namespace="/two")
+        seg = Segmenter(domain, _overrides(str(yaml)), namespace="/two",
+                        share=probe if args.one_participant else None)
         os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = cameras  # inherited by the cameras
         seg.bring_up()
         cams, said, t0 = [], "ready", time.monotonic()
@@ -69,7 +73,8 @@ def main() -> int:
         seg.close()
         probe.close()
         print(f"[{i}] {'ok' if said == 'ready' else 'FAIL'} {took:.1f} s", flush=True)
-    print(f"failures {failures} of {args.rounds} (this process {mine}, cameras {cameras})")
+    print(f"failures {failures} of {args.rounds} (this process {mine}, cameras {cameras}"
+          f"{', one participant here' if args.one_participant else ''})")
     return 0
 
 

@@ -281,9 +281,9 @@ class RefinerStep(nn.Module):
     Chains of 1..max_distance frames (stage 2's data) are propagated by the frozen flow; on
     the last frame the model's own non-key step (frozen DMNet, CFNet frozen unless
     ``train_cfnet``, the refiner with gradients) gives the refined map M_s and the fused
-    logits. Loss: cross-entropy of the
-    fused logits against the target (the frame's label where the batch has one, else the
-    segmenter's pseudo label: the same loss teaches from a key segmenter alone) plus
+    logits. Loss: cross-entropy of the fused logits against the target (the frame's label
+    where the batch has one, else the segmenter's pseudo label: the same loss teaches from a
+    key segmenter alone) plus
     ``bce_weight`` x BCE of M_s against argmax(propagated) != argmax(segmenter), the paper's
     distortion target.
 

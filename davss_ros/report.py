@@ -250,6 +250,17 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
     split = open_dataset(spec.dataset_kind, Path(spec.dataset_root), spec.split,
                          max_distance=max(spec.distances))
     dataset = split if limit is None else _Limited(split, limit)
+    # Everything the report cannot do without is opened before the first measurement, so
+    # that a missing file fails the command at once, not after many minutes of work.
+    # (Ablations are optional: an untrained one is reported missing.)
+    mck = load_checkpoint(spec.matched.checkpoint) if spec.matched is not None else None
+    shift_data = None
+    if spec.domain_shift is not None:
+        shift_data = open_dataset(spec.dataset_kind, Path(spec.domain_shift.root),
+                                  spec.domain_shift.split, max_distance=max(spec.distances))
+        if spec.domain_shift.previous and not Path(spec.domain_shift.previous).is_file():
+            raise FileNotFoundError("domain_shift.previous: checkpoint not found: "
+                                    f"{spec.domain_shift.previous}")
     out: dict[str, Any] = {
         "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "spec": spec.source, "machine": machine_info(),
@@ -275,7 +286,6 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
     out["key_segmenter"] = spec.key_segmenter or None
     if spec.matched is not None:
         log(f"report: the matched-cost per-frame baseline ({spec.matched.checkpoint})")
-        mck = load_checkpoint(spec.matched.checkpoint)
         row = _pda(mck, ("per_frame",), dataset, spec.distances, device, progress)["per_frame"]
         row.update(name=spec.matched.name, checkpoint=spec.matched.checkpoint,
                    train_config=spec.matched.train_config, training=training_info(mck),
@@ -283,14 +293,13 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
         out["matched"] = row
 
     if spec.domain_shift is not None:
-        out["domain_shift"] = _domain_shift(ck, spec, device, progress, log)
+        out["domain_shift"] = _domain_shift(ck, spec, shift_data, device, progress, log)
 
     clips = spec.schedule.clips if limit is None else min(spec.schedule.clips, limit)
     log(f"report: temporal consistency on {clips} whole clips (key interval "
         f"{spec.bench_key_interval})")
     out["consistency"] = {"key_interval": spec.bench_key_interval, "clips": clips,
-                          "modes": _consistency(ck, split, clips, spec, device,
-                                                mck if spec.matched is not None else None)}
+                          "modes": _consistency(ck, split, clips, spec, device, mck)}
 
     log(f"report: confidence calibration of davss at d = {spec.reliability_distances}")
     out["reliability"] = _reliability(ck, dataset, spec.reliability_distances, device,
@@ -391,15 +400,12 @@ def _bench_onnx(spec: ReportSpec, ck, frames, device) -> dict[str, dict]:
                 for mode in ("per_frame", "davss")}
 
 
-def _domain_shift(ck, spec: ReportSpec, device, progress, log) -> dict[str, Any]:
-    """Agreement with the per-frame output on clips in another look, this model's modes
-    and the previous model's davss."""
+def _domain_shift(ck, spec: ReportSpec, data, device, progress, log) -> dict[str, Any]:
+    """Agreement with the per-frame output on ``data`` (clips in another look), this
+    model's modes and the previous model's davss."""
     from davss_ros.checkpoint import load_checkpoint
-    from davss_ros.evaluate.cli import open_dataset
 
     ds = spec.domain_shift
-    data = open_dataset(spec.dataset_kind, Path(ds.root), ds.split,
-                        max_distance=max(spec.distances))
     log(f"report: {ds.look} look ({ds.root} {ds.split}, {len(data)} snippets), agreement "
         "with the per-frame output")
     modes = ("per_frame", "hold", "dff", "accel", "davss")
@@ -407,7 +413,7 @@ def _domain_shift(ck, spec: ReportSpec, device, progress, log) -> dict[str, Any]
                            "snippets": len(data),
                            "rows": _pda(ck, modes, data, spec.distances, device, progress,
                                         spec.key_segmenter, reference="teacher")}
-    if ds.previous and Path(ds.previous).is_file():
+    if ds.previous:
         prev = load_checkpoint(ds.previous)
         out["previous"] = ds.previous
         out["previous_rows"] = _pda(prev, ("per_frame", "davss"), data, spec.distances,

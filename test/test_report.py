@@ -253,6 +253,28 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "R.md").exists()
 
 
+@pytest.mark.parametrize("broken", ["dusk split", "previous model", "matched model"])
+def test_a_missing_input_fails_the_report_before_any_measurement(run, broken, capsys):
+    tmp = run["tmp"]
+    spec = yaml.safe_load((tmp / "report.yaml").read_text())
+    missing = tmp / "absent"
+    if broken == "dusk split":
+        spec["domain_shift"]["root"] = str(missing)
+    elif broken == "previous model":
+        spec["domain_shift"]["previous"] = str(missing / "prev.pt")
+    else:
+        spec["matched"]["checkpoint"] = str(missing / "matched.pt")
+    (tmp / f"broken_{broken[:4]}.yaml").write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    out = tmp / "broken" / "RESULTS.md"
+    assert main(["report", "--config", str(tmp / f"broken_{broken[:4]}.yaml"),
+                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert str(missing) in captured.err
+    assert "report: PDA" not in captured.out  # nothing was measured
+    assert not out.exists()
+
+
 # ------------------------------------------------------- the committed report and docs
 
 

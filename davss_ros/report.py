@@ -975,13 +975,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the first N snippets / clips (a quick look)")
     parser.add_argument("--no-bench", action="store_true", help="skip the timing")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of torch, OpenCV and onnxruntime for every "
+                        "measurement (0 = half the cores, at most 4: davss_ros.threads), as "
+                        "davss bench; the report's Setup line names it")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from davss_ros.checkpoint import CheckpointError
+    from davss_ros.threads import set_threads
 
     try:
+        # before anything is measured: the timings depend on it (threads.py)
+        set_threads(args.threads)
         spec = load_spec(args.config)
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be >= 1")
@@ -996,7 +1003,8 @@ def run(args: argparse.Namespace) -> int:
     figures = write_figures(results, figdir)
     command = "davss report --config " + str(args.config) + (
         f" --limit {args.limit}" if args.limit else "") + (
-        " --no-bench" if args.no_bench else "")
+        " --no-bench" if args.no_bench else "") + (
+        f" --threads {args.threads}" if args.threads else "")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_markdown(results, figures, doc_dir=out.parent, command=command))
     Path(results["json_path"]).write_text(json.dumps(results, indent=1, default=float) + "\n")

@@ -44,7 +44,7 @@ def _save(path, seed, **model):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)  # the report's --threads 1 below must take over from this
     tmp = tmp_path_factory.mktemp("report")
     write_cityscapes_layout(tmp / "data", "test", n_clips=2, height=H, width=W, seed=0,
                             frames=30, progress=False)
@@ -76,7 +76,7 @@ def run(tmp_path_factory):
     out = tmp / "docs" / "RESULTS.md"
     rc = main(["report", "--config", str(tmp / "report.yaml"), "--out", str(out),
                "--readme", str(readme), "--model-card", str(card), "--no-progress",
-               "--device", "cpu"])
+               "--device", "cpu", "--threads", "1"])
     results = json.loads((tmp / "docs" / "results" / "results.json").read_text())
     return {"rc": rc, "tmp": tmp, "out": out, "results": results, "readme": readme,
             "card": card}
@@ -97,6 +97,11 @@ def test_report_writes_markdown_figures_and_json(run):
     text = run["out"].read_text()
     for image in ("results/pda.png", "results/cca_gflops.png", "results/schedule.png"):
         assert f"]({image})" in text
+
+
+def test_the_report_measures_with_the_threads_asked_for_and_says_so(run):
+    assert run["results"]["machine"]["torch_threads"] == 1
+    assert "(1 threads)" in run["out"].read_text()
 
 
 def test_the_report_names_stages_taken_from_an_earlier_model_instead_of_trained(run):

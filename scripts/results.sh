@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DAVSS=(.venv/bin/python -m davss_ros.cli)
 
-# The shipped model: a strong key segmenter, the signals distortion estimator (stage 4).
+# The shipped model: a strong key segmenter, then the signals_mix distortion estimator and
+# CFNet trained together (stage 4).
 "${DAVSS[@]}" train --config config/train/synthetic_strong.yaml --out out/train/strong --no-progress
 # Its ablations share its earlier stages.
 for ablation in strong_paper strong_no_dds strong_no_dgfl strong_no_dgfc; do

@@ -18,6 +18,7 @@ from davss_ros.checkpoint import (
 from davss_ros.config import load_config
 from davss_ros.model import build_davss_net
 from davss_ros.pipeline import VideoSegmenter
+from davss_ros.train.config import load_train_config
 
 TINY = {"model": {"input_height": 64, "input_width": 128, "num_classes": 5,
                   "segmenter": {"aspp_channels": 16, "decoder_channels": 16,
@@ -172,10 +173,12 @@ def test_the_shipped_model_is_small_safe_to_load_trained_and_of_the_cpu_family()
     ck = load_checkpoint(SHIPPED)
     assert ck.meta.get("trained_by") and not ck.meta.get("untrained"), ck.meta.keys()
     # the cpu preset's architecture (backbone, stride, input, classes, DIS flow), its
-    # segmenter 1.5x wider and the signals estimator (config/train/synthetic_strong.yaml)
+    # segmenter 1.5x wider and the distortion estimator of the shipped recipe
     preset, model = load_config("cpu").model, ck.config.model
+    recipe = load_train_config(Path(__file__).resolve().parents[1] / "config" / "train" /
+                               "synthetic_strong.yaml").model.model
     assert dataclasses.replace(model.segmenter, width_mult=1.0) == preset.segmenter
-    assert model.segmenter.width_mult == 1.5 and model.distortion == "signals"
+    assert model.segmenter.width_mult == 1.5 and model.distortion == recipe.distortion
     assert (model.input_height, model.input_width, model.num_classes, model.flow) == (
         preset.input_height, preset.input_width, preset.num_classes, preset.flow)
     assert any(k.startswith("accel_") for k in ck.state_dict)  # model.mode accel works

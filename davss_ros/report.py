@@ -254,13 +254,12 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
     # that a missing file fails the command at once, not after many minutes of work.
     # (Ablations are optional: an untrained one is reported missing.)
     mck = load_checkpoint(spec.matched.checkpoint) if spec.matched is not None else None
-    shift_data = None
+    shift_data = prev = None
     if spec.domain_shift is not None:
         shift_data = open_dataset(spec.dataset_kind, Path(spec.domain_shift.root),
                                   spec.domain_shift.split, max_distance=max(spec.distances))
-        if spec.domain_shift.previous and not Path(spec.domain_shift.previous).is_file():
-            raise FileNotFoundError("domain_shift.previous: checkpoint not found: "
-                                    f"{spec.domain_shift.previous}")
+        if spec.domain_shift.previous:
+            prev = load_checkpoint(spec.domain_shift.previous)
     out: dict[str, Any] = {
         "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "spec": spec.source, "machine": machine_info(),
@@ -293,7 +292,7 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
         out["matched"] = row
 
     if spec.domain_shift is not None:
-        out["domain_shift"] = _domain_shift(ck, spec, shift_data, device, progress, log)
+        out["domain_shift"] = _domain_shift(ck, prev, spec, shift_data, device, progress, log)
 
     clips = spec.schedule.clips if limit is None else min(spec.schedule.clips, limit)
     log(f"report: temporal consistency on {clips} whole clips (key interval "
@@ -400,11 +399,10 @@ def _bench_onnx(spec: ReportSpec, ck, frames, device) -> dict[str, dict]:
                 for mode in ("per_frame", "davss")}
 
 
-def _domain_shift(ck, spec: ReportSpec, data, device, progress, log) -> dict[str, Any]:
+def _domain_shift(ck, prev, spec: ReportSpec, data, device, progress,
+                  log) -> dict[str, Any]:
     """Agreement with the per-frame output on ``data`` (clips in another look), this
-    model's modes and the previous model's davss."""
-    from davss_ros.checkpoint import load_checkpoint
-
+    model's modes and the davss of ``prev`` (the previous model; None: left out)."""
     ds = spec.domain_shift
     log(f"report: {ds.look} look ({ds.root} {ds.split}, {len(data)} snippets), agreement "
         "with the per-frame output")
@@ -413,8 +411,7 @@ def _domain_shift(ck, spec: ReportSpec, data, device, progress, log) -> dict[str
                            "snippets": len(data),
                            "rows": _pda(ck, modes, data, spec.distances, device, progress,
                                         spec.key_segmenter, reference="teacher")}
-    if ds.previous:
-        prev = load_checkpoint(ds.previous)
+    if prev is not None:
         out["previous"] = ds.previous
         out["previous_rows"] = _pda(prev, ("per_frame", "davss"), data, spec.distances,
                                     device, progress, reference="teacher")

@@ -83,6 +83,16 @@ def test_davss_output_follows_the_fusion_equation():
     assert r.distortion_mean == pytest.approx(float(m.mean()), abs=1e-6)
 
 
+def test_propagate_corrected_is_refused_with_the_mixing_estimator():
+    with pytest.raises(ValueError, match="propagate_corrected cannot be used"):
+        load_config({"model": {"distortion": "signals_mix", "propagate_corrected": True}})
+    assert load_config({"model": {"distortion": "signals", "propagate_corrected": True}})
+    from davss_ros.weights import default_checkpoint
+    with pytest.raises(ValueError, match="propagate_corrected cannot be used"):
+        VideoSegmenter.from_checkpoint(default_checkpoint(), propagate_corrected=True,
+                                       device="cpu")
+
+
 def test_propagate_corrected_option_propagates_the_fused_logits():
     cfg = load_config({"model": {"mode": "davss", "input_height": H, "input_width": W,
                                  "propagate_corrected": True},

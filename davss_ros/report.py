@@ -702,7 +702,8 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
           "), data rendering not included"
           + (_seeded_text(tr['seeded']) if tr.get("seeded") else "") + ".",
           f"- Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']} "
-          f"({mach['torch_threads']} threads), Python {mach['python']}, {mach['system']}"
+          f"({mach['torch_threads']} thread{'' if mach['torch_threads'] == 1 else 's'}), "
+          f"Python {mach['python']}, {mach['system']}"
           + (f", GPU {mach['cuda']}" if mach.get("cuda") else ", no GPU") + ".",
           "- PDA protocol: for each snippet and d, the frame d before the annotated one is "
           "the key frame and the following frames are propagated one by one; one confusion "

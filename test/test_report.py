@@ -101,7 +101,7 @@ def test_report_writes_markdown_figures_and_json(run):
 
 def test_the_report_measures_with_the_threads_asked_for_and_says_so(run):
     assert run["results"]["machine"]["torch_threads"] == 1
-    assert "(1 threads)" in run["out"].read_text()
+    assert "(1 thread)," in run["out"].read_text()
 
 
 def test_the_report_names_stages_taken_from_an_earlier_model_instead_of_trained(run):

@@ -15,6 +15,7 @@ from davss_ros.data.synthetic import write_cityscapes_layout
 from davss_ros.evaluate.metrics import ConfusionMatrix
 from davss_ros.evaluate.pda import untrained_checkpoint
 from davss_ros.evaluate.schedule_eval import (
+    ClipFrames,
     ScheduleResult,
     build_segmenter,
     evaluate_schedules,
@@ -48,6 +49,13 @@ def clips(root):
 @pytest.fixture(scope="module")
 def segmenter():
     return build_segmenter(untrained_checkpoint(load_config(TINY)), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    # the same seeded weights as ``segmenter``: its key frames are the reference's labels
+    return build_segmenter(untrained_checkpoint(load_config(TINY)), mode="per_frame",
+                           device="cpu")
 
 
 def test_clips_carry_every_frame_and_its_label(clips):
@@ -96,6 +104,71 @@ def test_adaptive_threshold_one_is_the_fixed_schedule_of_max_interval_plus_one(s
         "f": ScheduleConfig(policy="fixed", key_interval=m + 1, **NO_CUT)})
     assert res["a"].key_frames == res["f"].key_frames == 2 * len(range(0, FRAMES, m + 1))
     np.testing.assert_array_equal(res["a"].matrix.matrix, res["f"].matrix.matrix)
+
+
+ONLY_MAX = ScheduleConfig(policy="adaptive", threshold=1.0, max_interval=50, **NO_CUT)
+
+
+def _error(labels, label):
+    scored = label != 255
+    return float((labels[scored] != label[scored]).mean())
+
+
+def test_an_oracle_margin_of_minus_one_keys_every_other_frame_and_of_one_never(
+        segmenter, reference, clips):
+    # any error difference exceeds -1: every non-key frame makes the next one key, the
+    # frames of fixed k=2; none exceeds 1: only max_interval is left, the frames of fixed 3
+    m = 2
+    only_max = ScheduleConfig(policy="adaptive", threshold=1.0, max_interval=m, **NO_CUT)
+    res = evaluate_schedules(segmenter, clips, {
+        "o-": only_max, "o+": only_max,
+        "f2": ScheduleConfig(policy="fixed", key_interval=2, **NO_CUT),
+        "f3": ScheduleConfig(policy="fixed", key_interval=m + 1, **NO_CUT)},
+        oracles={"o-": -1.0, "o+": 1.0}, reference=reference)
+    assert res["o-"].key_frames == res["f2"].key_frames == 2 * len(range(0, FRAMES, 2))
+    assert res["o-"].key_reasons == Counter({"reset": 2, "oracle": 2 * (FRAMES // 2)})
+    np.testing.assert_array_equal(res["o-"].matrix.matrix, res["f2"].matrix.matrix)
+    assert res["o+"].key_frames == res["f3"].key_frames
+    assert "oracle" not in res["o+"].key_reasons
+    np.testing.assert_array_equal(res["o+"].matrix.matrix, res["f3"].matrix.matrix)
+    assert (res["o-"].oracle_threshold, res["f2"].oracle_threshold) == (-1.0, None)
+
+
+def test_the_oracle_keys_the_frame_after_the_first_one_worse_than_per_frame_by_the_margin(
+        segmenter, reference, clips):
+    clip = clips[0]
+    saved = segmenter.config.schedule
+    segmenter.set_schedule(ONLY_MAX)
+    segmenter.reset()
+    reference.reset()
+    try:
+        gaps = [_error(segmenter.step(im).labels, lab) - _error(reference.step(im).labels, lab)
+                for im, lab in zip(clip.frames, clip.labels, strict=True)]
+    finally:
+        segmenter.set_schedule(saved)
+        segmenter.reset()
+    assert gaps[0] == 0.0  # the key frame is the per-frame segmenter's own
+    worst = max(gaps[1:-1])
+    j = gaps.index(worst, 1)  # the first frame that exceeds the margin below
+    margin = worst - 1e-9
+    for length, keys in ((j + 1, 1), (j + 2, 2)):
+        part = ClipFrames(clip.name, clip.frames[:length], clip.labels[:length])
+        res = evaluate_schedules(segmenter, [part], {"o": ONLY_MAX}, oracles={"o": margin},
+                                 reference=reference)["o"]
+        assert res.key_frames == keys
+    assert res.key_reasons == Counter({"reset": 1, "oracle": 1})
+
+
+def test_oracle_schedules_are_checked_before_any_clip_is_streamed(segmenter, reference):
+    never = iter(())  # would raise nothing; the checks come first
+    with pytest.raises(ValueError, match="need a reference"):
+        evaluate_schedules(segmenter, never, {"o": ONLY_MAX}, oracles={"o": 0.0})
+    with pytest.raises(ValueError, match="in \\[-1, 1\\]"):
+        evaluate_schedules(segmenter, never, {"o": ONLY_MAX}, oracles={"o": 1.5},
+                           reference=reference)
+    with pytest.raises(ValueError, match="not run: x"):
+        evaluate_schedules(segmenter, never, {"o": ONLY_MAX}, oracles={"x": 0.0},
+                           reference=reference)
 
 
 def test_sweep_keeps_the_base_settings_and_switches_scene_cuts_off_on_request(segmenter,
@@ -196,3 +269,28 @@ def test_davss_eval_schedule_sweep_prints_and_writes_json(root, tmp_path, capsys
     rc = main(["eval", "--schedule-sweep", "--untrained", "--config", str(cfg),
                "--root", str(root), "--costs", "3", "--device", "cpu", "--no-progress"])
     assert rc == 2 and "--costs" in capsys.readouterr().err
+
+
+def test_davss_eval_schedule_sweep_runs_oracle_schedules_on_request(root, tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(json.dumps(TINY))
+    out = tmp_path / "sweep.json"
+    args = ["eval", "--schedule-sweep", "--untrained", "--config", str(cfg), "--root",
+            str(root), "--clips", "1", "--frames", "4", "--intervals", "1,2,4",
+            "--thresholds", "1", "--max-interval", "5", "--no-scene-cut", "--device", "cpu",
+            "--no-progress"]
+    assert main(args + ["--oracle-thresholds=-1,1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    # -1: frames 0 and 2 are key (fixed k=2); 1: frame 0 only (fixed k=4)
+    assert [r["key_fraction"] for r in report["oracle"]] == [0.5, 0.25]
+    assert [r["oracle_threshold"] for r in report["oracle"]] == [-1.0, 1.0]
+    rows = report["oracle_matched"]
+    assert [r["threshold"] for r in rows] == [-1.0, 1.0]
+    fixed = {r["name"]: r["miou"] for r in report["fixed"]}
+    assert [r["adaptive_miou"] for r in rows] == [fixed["fixed k=2"], fixed["fixed k=4"]]
+    assert [r["difference"] for r in rows] == [0.0, 0.0]
+    assert "oracle (knows the labels" in capsys.readouterr().out
+    assert main(args + ["--oracle-thresholds", "2"]) == 2
+    assert "margin must be in [-1, 1]" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "oracle" not in capsys.readouterr().out

@@ -104,6 +104,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--thresholds", default=None,
                        help="adaptive distortion thresholds in [0, 1], comma-separated "
                             "(default: 0.02,0.05,0.1,0.15,0.2,0.3)")
+    sweep.add_argument("--oracle-thresholds", default=None, metavar="MARGINS",
+                       help="also run oracle schedules, which know the labels: after a frame "
+                            "whose pixel error exceeds the per-frame segmenter's by more than "
+                            "the margin (in [-1, 1], comma-separated, e.g. 0.01,0.02), the "
+                            "next is key; the most any adaptive trigger could gain")
     sweep.add_argument("--max-interval", type=int, default=None,
                        help="adaptive max_interval (default: the checkpoint's schedule)")
     sweep.add_argument("--schedule-source", choices=SCHEDULE_SOURCES, default=None,
@@ -299,6 +304,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         intervals = parse_distances(args.intervals, option="--intervals")
         thresholds = (se.DEFAULT_THRESHOLDS if args.thresholds is None
                       else parse_floats(args.thresholds, option="--thresholds"))
+        oracle = ([] if args.oracle_thresholds is None
+                  else parse_floats(args.oracle_thresholds, option="--oracle-thresholds"))
         if args.dataset == "camvid":
             raise ValueError("--schedule-sweep streams clips of the Cityscapes layout "
                              "(--dataset synthetic or cityscapes)")
@@ -317,6 +324,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
         if args.schedule_source is not None:
             base = replace(base, source=args.schedule_source)
         segmenter.set_schedule(base)  # validates the base schedule
+        reference = None if not oracle else se.build_segmenter(
+            checkpoint, mode="per_frame", input_size=input_size,
+            key_segmenter=args.key_segmenter, device=args.device)
         if args.costs is not None:
             costs = [float(v) for v in str(args.costs).split(",")] \
                 if _is_pair_of_numbers(args.costs) else []
@@ -344,7 +354,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     try:
         sweep = se.sweep_schedules(
             segmenter, clips, intervals=intervals, thresholds=thresholds, base=base,
-            scene_cut=not args.no_scene_cut, progress=not args.no_progress)
+            scene_cut=not args.no_scene_cut, oracle_thresholds=oracle, reference=reference,
+            progress=not args.no_progress)
     except (ValueError, FileNotFoundError, IndexError) as exc:
         print(f"davss eval: error: {exc}", file=sys.stderr)
         return 2

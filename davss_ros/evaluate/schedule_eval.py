@@ -12,6 +12,13 @@ over distortion thresholds; each schedule's mean cost per frame is
 :func:`matched_cost_rows` reads the fixed curve (mIoU against cost, linearly interpolated) at
 each adaptive point's cost, so the two policies are compared at the same spend.
 
+An *oracle* schedule (``oracle_thresholds``) bounds what any adaptive trigger could gain on
+the clips: it knows the labels, and after each non-key frame whose pixel error exceeds the
+per-frame segmenter's on the same frame by more than its threshold, the next frame is key
+(otherwise the adaptive policy with threshold 1: only ``max_interval`` and scene cuts). It is
+compared with the fixed curve at matched cost like the adaptive schedules. Not a schedule a
+deployed node can run: the labels it reads are what the evaluation scores.
+
 Synthetic data labels every frame (``gtFine_sequence``), so every streamed frame is scored;
 real Cityscapes labels one frame per snippet (the 20th), and only that one is scored.
 
@@ -38,6 +45,7 @@ import numpy as np
 import torch
 
 from davss_ros.checkpoint import Checkpoint
+from davss_ros.classes import IGNORE_ID
 from davss_ros.config import ScheduleConfig
 from davss_ros.pipeline import VideoSegmenter
 
@@ -46,6 +54,8 @@ from .pda import PDA_SCHEDULE, _at_label_size
 
 DEFAULT_INTERVALS = tuple(range(1, 11))
 DEFAULT_THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+# The key reason of the frames the oracle schedule makes key.
+REASON_ORACLE = "oracle"
 
 
 @dataclass
@@ -76,6 +86,16 @@ class ScheduleResult:
     invalid_outputs: int = 0  # non-finite outputs (not scored; the next frame is key)
     key_reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0  # wall time of the steps (loading and scoring excluded)
+    # oracle schedules: the pixel-error margin over the per-frame segmenter that keys the
+    # next frame (None: not an oracle)
+    oracle_threshold: float | None = None
+
+    @property
+    def threshold(self) -> float:
+        """What the schedule's trigger compares with: the oracle's margin, or the adaptive
+        policy's distortion threshold."""
+        return self.oracle_threshold if self.oracle_threshold is not None \
+            else self.schedule.threshold
 
     @property
     def key_fraction(self) -> float:
@@ -102,6 +122,7 @@ class ScheduleResult:
             "max_interval": self.schedule.max_interval if self.schedule.policy == "adaptive"
             else None,
             "metric": self.schedule.metric if self.schedule.policy == "adaptive" else None,
+            "oracle_threshold": self.oracle_threshold,
             "miou": _pct(self.miou()),
             "pixel_accuracy": _pct(self.matrix.pixel_accuracy()),
             "key_fraction": _round(self.key_fraction, 4),
@@ -126,6 +147,7 @@ class SweepResult:
     adaptive: list[ScheduleResult]
     base: ScheduleConfig
     scene_cut: bool
+    oracle: list[ScheduleResult] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- data
@@ -187,6 +209,8 @@ def build_segmenter(checkpoint: Checkpoint, *, mode: str = "davss",
 
 def evaluate_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames],
                        schedules: dict[str, ScheduleConfig], *,
+                       oracles: dict[str, float] | None = None,
+                       reference: VideoSegmenter | None = None,
                        progress: bool = False) -> dict[str, ScheduleResult]:
     """Stream every clip under every schedule and score the labelled frames.
 
@@ -199,13 +223,27 @@ def evaluate_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames],
             (:func:`build_segmenter`).
         clips: the clips (:func:`iter_clips`), iterated once.
         schedules: name -> schedule to run.
+        oracles: name (of ``schedules``) -> margin in [-1, 1]: after a non-key frame whose
+            pixel error exceeds ``reference``'s on that frame by more than the margin, the
+            next frame is key (reason ``oracle``). Only labelled frames trigger.
+        reference: a per-frame segmenter, run once over each clip, for ``oracles``.
         progress: show a tqdm bar over clips.
 
     Returns name -> ScheduleResult, in the order of ``schedules``.
     """
     if not schedules:
         raise ValueError("evaluate_schedules needs at least one schedule")
-    results = {name: ScheduleResult(name, replace(s), ConfusionMatrix(segmenter.num_classes))
+    oracles = dict(oracles or {})
+    unknown = [n for n in oracles if n not in schedules]
+    if unknown:
+        raise ValueError(f"oracles name schedules that are not run: {', '.join(unknown)}")
+    for name, margin in oracles.items():
+        if not -1.0 <= margin <= 1.0:
+            raise ValueError(f"oracle {name}: margin must be in [-1, 1], got {margin}")
+    if oracles and reference is None:
+        raise ValueError("oracle schedules need a reference (per-frame) segmenter")
+    results = {name: ScheduleResult(name, replace(s), ConfusionMatrix(segmenter.num_classes),
+                                    oracle_threshold=oracles.get(name))
                for name, s in schedules.items()}
     saved = segmenter.config.schedule
 
@@ -213,18 +251,24 @@ def evaluate_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames],
 
     try:
         for clip in tqdm(clips, desc="schedules", unit="clip", disable=not progress):
+            ref_errors = _reference_errors(reference, clip) if oracles else None
             for name, schedule in schedules.items():
                 res = results[name]
+                margin = oracles.get(name)
                 segmenter.set_schedule(schedule)
                 segmenter.reset()
                 outputs = []
                 t0 = time.perf_counter()
-                for image in clip.frames:
+                for i, image in enumerate(clip.frames):
                     r = segmenter.step(image)
                     outputs.append((r.labels, r.valid))
                     res.key_frames += int(r.is_key)
                     if r.is_key:
                         res.key_reasons[r.key_reason] += 1
+                    elif margin is not None and ref_errors[i] is not None:
+                        error = _pixel_error(r.labels, clip.labels[i]) if r.valid else 1.0
+                        if error - ref_errors[i] > margin:
+                            segmenter.scheduler.request_key(REASON_ORACLE)
                 res.seconds += time.perf_counter() - t0
                 res.frames += len(clip.frames)
                 res.clips += 1
@@ -243,10 +287,31 @@ def evaluate_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames],
     return results
 
 
+def _pixel_error(labels: np.ndarray, label: np.ndarray) -> float | None:
+    """Share of the labelled pixels that ``labels`` gets wrong (None: none is labelled)."""
+    pred = _at_label_size(labels, label.shape)
+    scored = label != IGNORE_ID
+    count = int(scored.sum())
+    return None if count == 0 else float((pred[scored] != label[scored]).sum()) / count
+
+
+def _reference_errors(reference: VideoSegmenter, clip: ClipFrames) -> list[float | None]:
+    """The reference segmenter's pixel error on each labelled frame of the clip."""
+    reference.reset()
+    errors: list[float | None] = []
+    for image, label in zip(clip.frames, clip.labels, strict=True):
+        r = reference.step(image)
+        errors.append(None if label is None else
+                      _pixel_error(r.labels, label) if r.valid else 1.0)
+    return errors
+
+
 def sweep_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames], *,
                     intervals: Sequence[int] = DEFAULT_INTERVALS,
                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                     base: ScheduleConfig | None = None, scene_cut: bool = True,
+                    oracle_thresholds: Sequence[float] = (),
+                    reference: VideoSegmenter | None = None,
                     progress: bool = False) -> SweepResult:
     """Fixed intervals against adaptive thresholds over the same clips.
 
@@ -260,6 +325,9 @@ def sweep_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames], *,
         base: the settings not swept (``max_interval``, ``metric``, scene cut); None = the
             segmenter's current schedule.
         scene_cut: False switches the scene-cut rule off in every schedule.
+        oracle_thresholds: margins of oracle schedules (see :func:`evaluate_schedules`),
+            each the adaptive policy at threshold 1 (``max_interval`` and scene cuts only)
+            plus the oracle trigger; they need ``reference``, a per-frame segmenter.
     """
     base = replace(base if base is not None else segmenter.config.schedule)
     if not scene_cut:
@@ -272,9 +340,13 @@ def sweep_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames], *,
     fixed = {f"fixed k={k}": replace(base, policy="fixed", key_interval=k) for k in intervals}
     adaptive = {f"adaptive t={t:g}": replace(base, policy="adaptive", threshold=t)
                 for t in thresholds}
-    results = evaluate_schedules(segmenter, clips, {**fixed, **adaptive}, progress=progress)
+    margins = {f"oracle t={t:g}": float(t) for t in dict.fromkeys(oracle_thresholds)}
+    oracle = {n: replace(base, policy="adaptive", threshold=1.0) for n in margins}
+    results = evaluate_schedules(segmenter, clips, {**fixed, **adaptive, **oracle},
+                                 oracles=margins, reference=reference, progress=progress)
     return SweepResult(fixed=[results[n] for n in fixed],
-                       adaptive=[results[n] for n in adaptive], base=base, scene_cut=scene_cut)
+                       adaptive=[results[n] for n in adaptive], base=base, scene_cut=scene_cut,
+                       oracle=[results[n] for n in oracle])
 
 
 # ---------------------------------------------------------------------------- matched cost
@@ -332,7 +404,7 @@ def matched_cost_rows(fixed: Sequence[ScheduleResult], adaptive: Sequence[Schedu
         fix = None if fix is None else round(fix, 2)
         rows.append({
             "name": r.name,
-            "threshold": r.schedule.threshold,
+            "threshold": r.threshold,
             "key_fraction": _round(r.key_fraction, 4),
             "cost": _round(cost, 4),
             "adaptive_miou": ada,
@@ -346,7 +418,7 @@ def sweep_as_json(sweep: SweepResult, *, key_cost: float, nonkey_cost: float,
                   cost_units: str = "GFLOPs") -> dict:
     """``fixed``, ``adaptive`` (``ScheduleResult.as_dict`` with costs), ``matched``
     (:func:`matched_cost_rows`), the costs and the base schedule; mIoU in percent."""
-    return {
+    out = {
         "units": "percent",
         "cost": {"units": cost_units, "key": key_cost, "non_key": nonkey_cost},
         "scene_cut": sweep.scene_cut,
@@ -356,6 +428,11 @@ def sweep_as_json(sweep: SweepResult, *, key_cost: float, nonkey_cost: float,
         "matched": matched_cost_rows(sweep.fixed, sweep.adaptive, key_cost=key_cost,
                                      nonkey_cost=nonkey_cost),
     }
+    if sweep.oracle:
+        out["oracle"] = [r.as_dict(key_cost, nonkey_cost) for r in sweep.oracle]
+        out["oracle_matched"] = matched_cost_rows(sweep.fixed, sweep.oracle,
+                                                  key_cost=key_cost, nonkey_cost=nonkey_cost)
+    return out
 
 
 def format_sweep(report: dict) -> str:
@@ -368,17 +445,23 @@ def format_sweep(report: dict) -> str:
     head = f"{'schedule':<18}{'key frac':>10}{'cost':>12}{'mIoU (%)':>10}"
     lines = [f"cost per frame in {units}: key {report['cost']['key']:g}, "
              f"non-key {report['cost']['non_key']:g}", head, "-" * len(head)]
-    for row in report["fixed"] + report["adaptive"]:
+    for row in report["fixed"] + report["adaptive"] + report.get("oracle", []):
         lines.append(f"{row['name']:<18}{cell(row['key_fraction'], '.3f'):>10}"
                      f"{cell(row.get('cost'), '.3f'):>12}{cell(row['miou']):>10}")
-    head = (f"{'threshold':<11}{'key frac':>10}{'cost':>12}{'adaptive':>10}{'fixed':>10}"
-            f"{'diff':>8}")
-    lines += ["", "adaptive vs fixed at the same mean cost (mIoU %, fixed interpolated)",
-              head, "-" * len(head)]
-    for row in report["matched"]:
-        lines.append(f"{row['threshold']:<11g}{cell(row['key_fraction'], '.3f'):>10}"
-                     f"{cell(row['cost'], '.3f'):>12}{cell(row['adaptive_miou']):>10}"
-                     f"{cell(row['fixed_miou']):>10}{cell(row['difference'], '+.2f'):>8}")
+    sections = [("adaptive", "matched", "adaptive vs fixed")]
+    if report.get("oracle_matched"):
+        sections.append(("oracle", "oracle_matched",
+                         "oracle (knows the labels: keys the frame after one that is worse "
+                         "than per-frame by more than the threshold) vs fixed"))
+    for column, key, title in sections:
+        head = (f"{'threshold':<11}{'key frac':>10}{'cost':>12}{column:>10}{'fixed':>10}"
+                f"{'diff':>8}")
+        lines += ["", f"{title} at the same mean cost (mIoU %, fixed interpolated)",
+                  head, "-" * len(head)]
+        for row in report[key]:
+            lines.append(f"{row['threshold']:<11g}{cell(row['key_fraction'], '.3f'):>10}"
+                         f"{cell(row['cost'], '.3f'):>12}{cell(row['adaptive_miou']):>10}"
+                         f"{cell(row['fixed_miou']):>10}{cell(row['difference'], '+.2f'):>8}")
     return "\n".join(lines)
 
 

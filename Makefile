@@ -22,7 +22,8 @@ bench: setup
 
 # Train the shipped model and the ablations (what is missing), export the model into the
 # package and write docs/RESULTS.md and the results blocks of README and the model card:
-# about two hours on 2 cores (docs/RESULTS.md has the times of the last run).
+# about six hours on 2 cores from nothing (scripts/results.sh; docs/RESULTS.md has the
+# training times of the last run).
 results: setup
 	@bash scripts/results.sh
 

@@ -47,7 +47,7 @@ import torch
 from davss_ros.checkpoint import Checkpoint
 from davss_ros.classes import IGNORE_ID
 from davss_ros.config import ScheduleConfig
-from davss_ros.pipeline import VideoSegmenter
+from davss_ros.pipeline import FrameResult, VideoSegmenter
 
 from .metrics import ConfusionMatrix
 from .pda import PDA_SCHEDULE, _at_label_size
@@ -266,8 +266,7 @@ def evaluate_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames],
                     if r.is_key:
                         res.key_reasons[r.key_reason] += 1
                     elif margin is not None and ref_errors[i] is not None:
-                        error = _pixel_error(r.labels, clip.labels[i]) if r.valid else 1.0
-                        if error - ref_errors[i] > margin:
+                        if _pixel_error(r, clip.labels[i]) - ref_errors[i] > margin:
                             segmenter.scheduler.request_key(REASON_ORACLE)
                 res.seconds += time.perf_counter() - t0
                 res.frames += len(clip.frames)
@@ -287,9 +286,12 @@ def evaluate_schedules(segmenter: VideoSegmenter, clips: Iterable[ClipFrames],
     return results
 
 
-def _pixel_error(labels: np.ndarray, label: np.ndarray) -> float | None:
-    """Share of the labelled pixels that ``labels`` gets wrong (None: none is labelled)."""
-    pred = _at_label_size(labels, label.shape)
+def _pixel_error(result: FrameResult, label: np.ndarray) -> float | None:
+    """Share of the labelled pixels that a frame's output gets wrong (all of them when the
+    output was not finite; None: no pixel is labelled)."""
+    if not result.valid:
+        return 1.0
+    pred = _at_label_size(result.labels, label.shape)
     scored = label != IGNORE_ID
     count = int(scored.sum())
     return None if count == 0 else float((pred[scored] != label[scored]).sum()) / count
@@ -301,8 +303,7 @@ def _reference_errors(reference: VideoSegmenter, clip: ClipFrames) -> list[float
     errors: list[float | None] = []
     for image, label in zip(clip.frames, clip.labels, strict=True):
         r = reference.step(image)
-        errors.append(None if label is None else
-                      _pixel_error(r.labels, label) if r.valid else 1.0)
+        errors.append(None if label is None else _pixel_error(r, label))
     return errors
 
 

@@ -56,6 +56,15 @@ class ScheduleSweep:
     # margins of oracle schedules, which know the labels (schedule_eval): the most any
     # adaptive trigger could gain over fixed intervals on these clips; empty = none run
     oracle_thresholds: list = field(default_factory=list)
+    # more clip sets swept the same way (the dataset's split under another root), each
+    # {name, root}: clips whose motion changes within a clip, where when to key matters
+    clip_sets: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for entry in self.clip_sets:
+            if not isinstance(entry, dict) or set(entry) != {"name", "root"}:
+                raise ValueError(f"schedule.clip_sets: each entry needs exactly a name and "
+                                 f"a root, got {entry!r}")
 
 
 @dataclass
@@ -263,6 +272,8 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
                                   spec.domain_shift.split, max_distance=max(spec.distances))
         if spec.domain_shift.previous:
             prev = load_checkpoint(spec.domain_shift.previous)
+    clip_sets = {c["name"]: open_dataset(spec.dataset_kind, Path(c["root"]), spec.split)
+                 for c in spec.schedule.clip_sets}
     out: dict[str, Any] = {
         "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "spec": spec.source, "machine": machine_info(),
@@ -347,6 +358,12 @@ def collect(spec: ReportSpec, *, device: str = "auto", limit: int | None = None,
     clips = sw.clips if limit is None else min(sw.clips, limit)
     log(f"report: fixed against adaptive key frames on {clips} whole clips")
     out["schedule"] = _schedule(ck, split, sw, clips, table, device, progress)
+    out["schedule_sets"] = {}
+    for c in sw.clip_sets:
+        log(f"report: fixed against adaptive key frames on {clips} clips with "
+            f"{c['name']} ({c['root']})")
+        row = _schedule(ck, clip_sets[c["name"]], sw, clips, table, device, progress)
+        out["schedule_sets"][c["name"]] = dict(row, root=c["root"])
 
     # The ablations last: their trainings are the longest, and may still be finishing.
     out["ablations"] = {}
@@ -532,6 +549,27 @@ def shipped_info(path: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- goals
+
+
+def _schedule_tables(sched: dict[str, Any]) -> list[str]:
+    """A schedule sweep's markdown: adaptive (and oracle) against fixed at matched cost,
+    then the fixed intervals."""
+    L = []
+    for key, what in (("matched", "adaptive"), ("oracle_matched", "oracle")):
+        if key == "oracle_matched" and not sched.get(key):
+            continue
+        head = "adaptive threshold" if what == "adaptive" else "oracle margin"
+        L += [f"| {head} | key fraction | GFLOPs / frame | {what} mIoU | "
+              f"fixed mIoU at that cost | {what} - fixed |", "|---|---|---|---|---|---|"]
+        for r in sched.get(key, []):
+            L.append(f"| {r['threshold']:g} | {r['key_fraction']:.3f} | {r['cost']:.2f} | "
+                     f"{_f(r['adaptive_miou'])} | {_f(r.get('fixed_miou'))} | "
+                     f"{_f(r.get('difference'))} |")
+        L.append("")
+    L += ["Fixed intervals k (key fraction, mIoU): " + ", ".join(
+        f"{r['key_interval']} ({r['key_fraction']:.3f}, {_f(r['miou'])})"
+        for r in sched.get("fixed", [])) + ".", ""]
+    return L
 
 
 def _oracle_bound(schedule: dict[str, Any]) -> str:
@@ -885,25 +923,13 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str], *,
     sched = results.get("schedule") or {}
     L += ["## Fixed against adaptive key frames at matched mean cost", ""]
     if sched:
-        L += [sched.get("description", ""), ""]
-        L += ["| adaptive threshold | key fraction | GFLOPs / frame | adaptive mIoU | "
-              "fixed mIoU at that cost | adaptive - fixed |", "|---|---|---|---|---|---|"]
-        for r in sched.get("matched", []):
-            L.append(f"| {r['threshold']:g} | {r['key_fraction']:.3f} | {r['cost']:.2f} | "
-                     f"{_f(r['adaptive_miou'])} | {_f(r.get('fixed_miou'))} | "
-                     f"{_f(r.get('difference'))} |")
-        if sched.get("oracle_matched"):
-            L += ["", "| oracle margin | key fraction | GFLOPs / frame | oracle mIoU | "
-                  "fixed mIoU at that cost | oracle - fixed |", "|---|---|---|---|---|---|"]
-            for r in sched["oracle_matched"]:
-                L.append(f"| {r['threshold']:g} | {r['key_fraction']:.3f} | {r['cost']:.2f} "
-                         f"| {_f(r['adaptive_miou'])} | {_f(r.get('fixed_miou'))} | "
-                         f"{_f(r.get('difference'))} |")
-        L += ["", "Fixed intervals k (key fraction, mIoU): " + ", ".join(
-            f"{r['key_interval']} ({r['key_fraction']:.3f}, {_f(r['miou'])})"
-            for r in sched.get("fixed", [])) + ".", ""]
+        L += [sched.get("description", ""), ""] + _schedule_tables(sched)
         if "schedule" in rel:
             L += [f"![schedule]({rel['schedule']})", ""]
+    for name, row in (results.get("schedule_sets") or {}).items():
+        L += [f"### The same on clips with {name}", "",
+              f"`{row['root']}`, the same split, clips, schedules and costs.", ""]
+        L += _schedule_tables(row)
     L += ["## Reproduce", "",
           "`make results` runs these (each training skips the stages already finished):", "",
           "```"]

@@ -50,6 +50,8 @@ def run(tmp_path_factory):
                             frames=30, progress=False)
     write_cityscapes_layout(tmp / "dusk", "test", n_clips=1, height=H, width=W, seed=0,
                             frames=30, progress=False, look="dusk")
+    write_cityscapes_layout(tmp / "pan", "test", n_clips=1, height=H, width=W, seed=0,
+                            frames=30, progress=False, pan_deg=20.0)
     main_ck = _save(tmp / "main.pt", 0, distortion="signals")
     abl_ck = _save(tmp / "abl.pt", 1, distortion_map="constant")
     matched_ck = _save(tmp / "matched.pt", 2)
@@ -61,7 +63,8 @@ def run(tmp_path_factory):
             "distances": [1, 2, 3, 4, 5, 6, 7, 8, 9],
             "schedule": {"clips": 2, "fixed_intervals": [1, 3, 5],
                          "adaptive_thresholds": [0.2, 0.5], "max_interval": 6,
-                         "oracle_thresholds": [-1.0, 1.0]},
+                         "oracle_thresholds": [-1.0, 1.0],
+                         "clip_sets": [{"name": "a pan", "root": str(tmp / "pan")}]},
             "bench": {"frames": 6, "key_interval": 3},
             "matched": {"name": "light per-frame", "checkpoint": str(matched_ck),
                         "train_config": "matched.yaml"},
@@ -127,6 +130,29 @@ def test_the_schedule_section_bounds_the_adaptive_goal_with_the_oracle(run):
     for r in sched["oracle_matched"]:
         assert (f"| {r['threshold']:g} | {r['key_fraction']:.3f} | {r['cost']:.2f} | "
                 f"{r['adaptive_miou']:.2f} |") in text
+
+
+def test_each_extra_clip_set_gets_its_own_schedule_sweep_and_tables(run):
+    sets, text = run["results"]["schedule_sets"], run["out"].read_text()
+    assert list(sets) == ["a pan"]
+    pan, plain = sets["a pan"], run["results"]["schedule"]
+    assert pan["root"].endswith("pan") and pan["fixed"][0]["frames"] == 30  # its one clip
+    assert plain["fixed"][0]["frames"] == 60  # the main sweep's two clips
+    assert [r["name"] for r in pan["fixed"]] == [r["name"] for r in plain["fixed"]]
+    assert [r["name"] for r in pan["oracle"]] == [r["name"] for r in plain["oracle"]]
+    section = text.split("### The same on clips with a pan", 1)[1].split("## ", 1)[0]
+    for r in pan["oracle_matched"]:
+        assert (f"| {r['threshold']:g} | {r['key_fraction']:.3f} | {r['cost']:.2f} | "
+                f"{r['adaptive_miou']:.2f} |") in section
+
+
+def test_a_clip_set_without_a_root_is_refused(tmp_path):
+    spec = {"dataset": {"kind": "synthetic", "root": str(tmp_path), "split": "test"},
+            "model": {"checkpoint": "x.pt"},
+            "schedule": {"clip_sets": [{"name": "a pan"}]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="clip_sets"):
+        report.load_spec(tmp_path / "r.yaml")
 
 
 def test_pda_table_in_markdown_is_the_json(run):

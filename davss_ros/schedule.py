@@ -15,8 +15,9 @@ Policies (``ScheduleConfig.policy``):
   or the fraction of pixels above 0.5, above ``threshold``; or, with metric ``rise``, the
   rise of its mean since the previous frame of the same key run, where the key frame counts
   as 0), or after ``max_interval`` propagated frames. The map's level grows steadily with
-  propagation age on any motion; its rise singles out a frame where the motion changes. DMNet already estimates where the warped prediction is wrong, so this
-  costs nothing extra (DVSNet and Li et al. 2018 train a separate regressor for the same job).
+  propagation age on any motion; its rise singles out a frame where the motion changes.
+  DMNet already estimates where the warped prediction is wrong, so this costs nothing extra
+  (DVSNet and Li et al. 2018 train a separate regressor for the same job).
 
 - ``budget``: a key frame whenever one fits the time the stream leaves (``budget_ms``, given
   per frame by whoever knows the camera rates: the node, with :func:`key_budget_ms`), else

@@ -23,7 +23,7 @@ MODES = ("per_frame", "dff", "accel", "davss")
 # Kinds with a registry (davss_ros.registry: backbones, flow providers) are checked there.
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 POLICIES = ("fixed", "adaptive", "budget")
-DISTORTION_METRICS = ("mean", "ratio", "rise")
+DISTORTION_METRICS = ("mean", "ratio")
 # Which distortion map the adaptive policy reads (davss_ros.schedule).
 SCHEDULE_SOURCES = ("dmnet", "refined")
 # What the davss fusion weights f_CC by: DMNet's map (the method) or a constant map (the

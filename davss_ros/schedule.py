@@ -12,12 +12,9 @@ Policies (``ScheduleConfig.policy``):
 - ``fixed``: key frames at 0, N, 2N, ... with N = ``key_interval`` (DFF, Accel and the
   paper's experiments).
 - ``adaptive``: a key frame when the distortion map says propagation has gone wrong (its mean,
-  or the fraction of pixels above 0.5, above ``threshold``; or, with metric ``rise``, the
-  rise of its mean since the previous frame of the same key run, where the key frame counts
-  as 0), or after ``max_interval`` propagated frames. The map's level grows steadily with
-  propagation age on any motion; its rise singles out a frame where the motion changes.
-  DMNet already estimates where the warped prediction is wrong, so this costs nothing extra
-  (DVSNet and Li et al. 2018 train a separate regressor for the same job).
+  or the fraction of pixels above 0.5, above ``threshold``), or after ``max_interval``
+  propagated frames. DMNet already estimates where the warped prediction is wrong, so this
+  costs nothing extra (DVSNet and Li et al. 2018 train a separate regressor for the same job).
 
 - ``budget``: a key frame whenever one fits the time the stream leaves (``budget_ms``, given
   per frame by whoever knows the camera rates: the node, with :func:`key_budget_ms`), else
@@ -301,10 +298,6 @@ class KeyFrameScheduler:
         self._requested: str | None = None
         self._frame_reason: str | None = None
         self._level: float | None = None
-        # metric 'rise': the last committed frame's distortion mean (0 after a key frame),
-        # and the current frame's, until commit
-        self._last_distortion = 0.0
-        self._pending_distortion: float | None = None
 
     @property
     def photometric_level(self) -> float | None:
@@ -325,8 +318,6 @@ class KeyFrameScheduler:
         self._requested = None
         self._frame_reason = None
         self._level = None
-        self._last_distortion = 0.0
-        self._pending_distortion = None
 
     def request_key(self, reason: str) -> None:
         """Make the next frame a key frame with this reason (before any other rule).
@@ -389,7 +380,6 @@ class KeyFrameScheduler:
         frame with reason 'nonfinite_metric'.
         """
         values = (distortion_mean, distortion_ratio, photometric_error)
-        self._pending_distortion = float(distortion_mean)
         if not all(math.isfinite(float(v)) for v in values):
             reason: str | None = REASON_NONFINITE_METRIC
         elif (self._level is not None
@@ -397,8 +387,7 @@ class KeyFrameScheduler:
               and photometric_error > self.cfg.scene_cut_min_error):
             reason = REASON_SCENE_CUT
         elif self.cfg.policy == "adaptive":
-            value = {"mean": distortion_mean, "ratio": distortion_ratio,
-                     "rise": distortion_mean - self._last_distortion}[self.cfg.metric]
+            value = distortion_mean if self.cfg.metric == "mean" else distortion_ratio
             reason = REASON_DISTORTION if value > self.cfg.threshold else None
         else:
             reason = None
@@ -411,10 +400,8 @@ class KeyFrameScheduler:
         Key: distance back to 0; the running level is kept
         unless the frame was a scene cut or a new resolution. Non-key: distance + 1, and
         ``photometric_error`` (if given and finite) updates the running level. The
-        ``photometric_error`` of a key frame is ignored. The distortion mean given to
-        ``post_decision`` becomes the reference of the next frame's rise (0 after a key).
+        ``photometric_error`` of a key frame is ignored.
         """
-        pending, self._pending_distortion = self._pending_distortion, None
         shape_changed = (self._committed_shape is not None
                          and self._frame_shape is not None
                          and self._frame_shape != self._committed_shape)
@@ -425,14 +412,11 @@ class KeyFrameScheduler:
         if is_key:
             self.propagation_distance = 0
             self._has_key = True
-            self._last_distortion = 0.0
         else:
             if not self._has_key:
                 raise ValueError("commit(is_key=False) before any key frame: nothing to "
                                  "propagate from; the first frame must be a key frame")
             self.propagation_distance += 1
-            if pending is not None and math.isfinite(pending):
-                self._last_distortion = pending
             if photometric_error is not None and math.isfinite(photometric_error):
                 err = float(photometric_error)
                 self._level = err if self._level is None else (

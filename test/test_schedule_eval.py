@@ -253,7 +253,7 @@ def test_davss_eval_schedule_sweep_prints_and_writes_json(root, tmp_path, capsys
     rc = main(["eval", "--schedule-sweep", "--untrained", "--config", str(cfg),
                "--root", str(root), "--clips", "1", "--frames", "4", "--intervals", "1,2",
                "--thresholds", "0,1", "--max-interval", "1", "--no-scene-cut",
-               "--metric", "rise", "--device", "cpu", "--no-progress", "--json", str(out)])
+               "--device", "cpu", "--no-progress", "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["cost"]["units"] == "GFLOPs" and report["cost"]["key"] > 0
@@ -261,8 +261,6 @@ def test_davss_eval_schedule_sweep_prints_and_writes_json(root, tmp_path, capsys
     assert [r["key_fraction"] for r in report["fixed"]] == [1.0, 0.5]
     assert [r["key_fraction"] for r in report["adaptive"]] == [1.0, 0.5]
     assert report["base_schedule"]["max_interval"] == 1 and report["scene_cut"] is False
-    assert report["base_schedule"]["metric"] == "rise"
-    assert [r["metric"] for r in report["adaptive"]] == ["rise", "rise"]
     # threshold 1 with max_interval 1 is fixed k=2: same cost, same mIoU, difference 0
     row = report["matched"][1]
     assert row["fixed_miou"] == row["adaptive_miou"] and row["difference"] == 0.0

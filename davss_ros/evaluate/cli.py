@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from davss_ros.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from davss_ros.config import DISTORTION_METRICS, MODES, SCHEDULE_SOURCES, load_config
+from davss_ros.config import MODES, SCHEDULE_SOURCES, load_config
 from davss_ros.registry import DATASETS
 
 from .pda import (
@@ -111,9 +111,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "next is key; the most any adaptive trigger could gain")
     sweep.add_argument("--max-interval", type=int, default=None,
                        help="adaptive max_interval (default: the checkpoint's schedule)")
-    sweep.add_argument("--metric", choices=DISTORTION_METRICS, default=None,
-                       help="what the adaptive thresholds compare with: mean, ratio or rise "
-                            "(default: the checkpoint's schedule)")
     sweep.add_argument("--schedule-source", choices=SCHEDULE_SOURCES, default=None,
                        help="the map the adaptive policy reads: dmnet or refined (the "
                             "fusion's; default: the checkpoint's schedule)")
@@ -326,8 +323,6 @@ def _run_sweep(args: argparse.Namespace) -> int:
             base = replace(base, max_interval=args.max_interval)
         if args.schedule_source is not None:
             base = replace(base, source=args.schedule_source)
-        if args.metric is not None:
-            base = replace(base, metric=args.metric)
         segmenter.set_schedule(base)  # validates the base schedule
         reference = None if not oracle else se.build_segmenter(
             checkpoint, mode="per_frame", input_size=input_size,

@@ -114,9 +114,8 @@ SPECS: dict[str, Spec] = {
         _S.threshold, "Adaptive policy: distortion level (see schedule.metric) that "
         "triggers a key frame.", applies="live", float_range=(0.0, 1.0)),
     "schedule.metric": Spec(
-        _S.metric, "Adaptive policy: mean (mean of the distortion map), ratio (share of "
-        "pixels above 0.5) or rise (the mean's rise since the previous frame; a key frame "
-        "counts as 0).", applies="live", choices=DISTORTION_METRICS),
+        _S.metric, "Adaptive policy: mean (mean of the distortion map) or ratio (share of "
+        "pixels above 0.5).", applies="live", choices=DISTORTION_METRICS),
     "schedule.source": Spec(
         _S.source, "Adaptive policy: the distortion map it reads. dmnet: DMNet's, before "
         "the current-frame branch runs; refined: the map the fusion uses (the signals "

@@ -61,7 +61,6 @@ def keep_freed_memory() -> bool:
         libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-
 @dataclass
 class Context:
     """Where this process runs and what it may do."""

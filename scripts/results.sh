@@ -24,6 +24,11 @@ if [ ! -f out/data/synthetic_dusk/synthetic_test.json ]; then
     "${DAVSS[@]}" make-data --out out/data/synthetic_dusk --train 0 --val 16 --test 32 \
         --look dusk --workers 2 --quiet
 fi
+# The same scenes with a sudden pan mid-clip (the report's second schedule sweep).
+if [ ! -f out/data/synthetic_pan/synthetic_test.json ]; then
+    "${DAVSS[@]}" make-data --out out/data/synthetic_pan --train 0 --val 16 --test 32 \
+        --pan 20 --pan-frames 4 --workers 2 --quiet
+fi
 # The previously shipped model, for the domain-shift table ("today's davss"): from history.
 mkdir -p out/previous
 if [ ! -f out/previous/davss_cpu.pt ]; then

@@ -50,6 +50,8 @@ def run(tmp_path_factory):
                             frames=30, progress=False)
     write_cityscapes_layout(tmp / "dusk", "test", n_clips=1, height=H, width=W, seed=0,
                             frames=30, progress=False, look="dusk")
+    write_cityscapes_layout(tmp / "pan", "test", n_clips=1, height=H, width=W, seed=0,
+                            frames=30, progress=False, pan_deg=20.0)
     main_ck = _save(tmp / "main.pt", 0, distortion="signals")
     abl_ck = _save(tmp / "abl.pt", 1, distortion_map="constant")
     matched_ck = _save(tmp / "matched.pt", 2)
@@ -60,7 +62,9 @@ def run(tmp_path_factory):
                            "train_config": "no_dds.yaml"}],
             "distances": [1, 2, 3, 4, 5, 6, 7, 8, 9],
             "schedule": {"clips": 2, "fixed_intervals": [1, 3, 5],
-                         "adaptive_thresholds": [0.2, 0.5], "max_interval": 6},
+                         "adaptive_thresholds": [0.2, 0.5], "max_interval": 6,
+                         "oracle_thresholds": [-1.0, 1.0],
+                         "clip_sets": [{"name": "a pan", "root": str(tmp / "pan")}]},
             "bench": {"frames": 6, "key_interval": 3},
             "matched": {"name": "light per-frame", "checkpoint": str(matched_ck),
                         "train_config": "matched.yaml"},
@@ -112,6 +116,43 @@ def test_the_report_names_stages_taken_from_an_earlier_model_instead_of_trained(
     assert "(stage 0: 2 s, stage 3: 0 s)" in setup  # the stages this run trained
     assert ("stages 1, 2 were not retrained for this model: the weights come from "
             "`earlier/davss.pt`") in setup
+
+
+def test_the_schedule_section_bounds_the_adaptive_goal_with_the_oracle(run):
+    sched, text = run["results"]["schedule"], run["out"].read_text()
+    fixed = {r["key_interval"]: r for r in sched["fixed"]}
+    oracle = {r["oracle_threshold"]: r for r in sched["oracle"]}
+    # margin -1 keys every other frame (fixed k=2's cost); margin 1 never fires, leaving
+    # max_interval: one key every 7 frames, the cost of fixed k=7 (not swept: interpolated)
+    assert oracle[-1.0]["key_fraction"] > oracle[1.0]["key_fraction"]
+    assert oracle[1.0]["key_fraction"] < fixed[5]["key_fraction"]
+    assert [r["threshold"] for r in sched["oracle_matched"]] == [-1.0, 1.0]
+    for r in sched["oracle_matched"]:
+        assert (f"| {r['threshold']:g} | {r['key_fraction']:.3f} | {r['cost']:.2f} | "
+                f"{r['adaptive_miou']:.2f} |") in text
+
+
+def test_each_extra_clip_set_gets_its_own_schedule_sweep_and_tables(run):
+    sets, text = run["results"]["schedule_sets"], run["out"].read_text()
+    assert list(sets) == ["a pan"]
+    pan, plain = sets["a pan"], run["results"]["schedule"]
+    assert pan["root"].endswith("pan") and pan["fixed"][0]["frames"] == 30  # its one clip
+    assert plain["fixed"][0]["frames"] == 60  # the main sweep's two clips
+    assert [r["name"] for r in pan["fixed"]] == [r["name"] for r in plain["fixed"]]
+    assert [r["name"] for r in pan["oracle"]] == [r["name"] for r in plain["oracle"]]
+    section = text.split("### The same on clips with a pan", 1)[1].split("## ", 1)[0]
+    for r in pan["oracle_matched"]:
+        assert (f"| {r['threshold']:g} | {r['key_fraction']:.3f} | {r['cost']:.2f} | "
+                f"{r['adaptive_miou']:.2f} |") in section
+
+
+def test_a_clip_set_without_a_root_is_refused(tmp_path):
+    spec = {"dataset": {"kind": "synthetic", "root": str(tmp_path), "split": "test"},
+            "model": {"checkpoint": "x.pt"},
+            "schedule": {"clip_sets": [{"name": "a pan"}]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="clip_sets"):
+        report.load_spec(tmp_path / "r.yaml")
 
 
 def test_pda_table_in_markdown_is_the_json(run):
@@ -223,11 +264,19 @@ def test_check_goals_marks_missed_goals():
                "cue": row([56.0] * 9),
                "ablations": {"without DDS": row([58.0] * 9)},
                "schedule": {"matched": [{"difference": 0.4, "fixed_miou": 50.0},
-                                        {"difference": -0.1, "fixed_miou": 51.0}]}}
-    met = [g["met"] for g in report.check_goals(results)]
+                                        {"difference": -0.1, "fixed_miou": 51.0}],
+                            "oracle_matched": [{"difference": 0.2, "fixed_miou": 50.0},
+                                               {"difference": -0.3, "fixed_miou": 51.0},
+                                               {"difference": None, "fixed_miou": None}]}}
+    goals = report.check_goals(results)
+    met = [g["met"] for g in goals]
     # accel above at d=9 (missed), gap 4 (missed), lead 6 (met), matched 57.8 > 57 (met),
     # ablation 58 > 57.8 (missed), adaptive 1 of 2 with 2 needed (missed), cue gap 4 (missed)
     assert met == [False, False, True, True, False, False, False]
+    # the adaptive goal names the oracle's bound, over the oracle points with a fixed match
+    assert goals[5]["measured"] == ("1 of 2; adaptive - fixed from -0.10 to +0.40 points; "
+                                    "an oracle that knows the labels: at least as accurate "
+                                    "at 1 of 2, oracle - fixed from -0.30 to +0.20")
 
 
 def test_readme_and_model_card_blocks_are_rewritten_from_the_results(run):

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import cv2
 import numpy as np
@@ -177,3 +178,52 @@ def test_dusk_look_changes_the_images_only_and_darkens_far_pixels_towards_the_ha
 def test_unknown_look_is_refused_naming_the_choices():
     with pytest.raises(ValueError, match="day, dusk"):
         SceneConfig(look="noon")
+
+
+def test_a_pan_turns_the_view_mid_clip_and_leaves_the_frames_before_it_unchanged():
+    cfg = SceneConfig(height=48, width=96, frames=12, seed=3, noise=0.0)
+    plain = render_clip(cfg)
+    panned = render_clip(dataclasses.replace(cfg, pan_deg=20.0, pan_frames=2))
+    start = panned.info["pan_start"]
+    assert plain.info["pan_start"] is None and 4 <= start < 8  # the middle third
+    # the pan has a stream of its own: everything before it is the unpanned clip's
+    for name in ("images", "labels", "flows"):
+        assert np.array_equal(getattr(plain, name)[:start], getattr(panned, name)[:start])
+    assert not np.array_equal(plain.images[start:], panned.images[start:])
+
+    def heading(clip, t):  # the camera's forward axis, angle about the vertical
+        fwd = clip.cam_to_world[t, :3, 2]
+        return np.degrees(np.arctan2(fwd[0], fwd[2]))
+
+    turned = [heading(panned, t) - heading(plain, t) for t in range(12)]
+    assert np.allclose(turned[:start], 0.0)
+    assert abs(abs(turned[start + 1]) - 20.0) < 1e-6  # done after pan_frames, and stays
+    assert np.allclose(turned[start + 1:], turned[start + 1])
+    # the image moves sideways during the pan: about 10 degrees a frame at a 50 degree
+    # field of view is a fifth of the width
+    during = np.abs(panned.flows[start][..., 0][panned.flow_valid[start]]).mean()
+    before = np.abs(panned.flows[start - 1][..., 0][panned.flow_valid[start - 1]]).mean()
+    assert during > 0.1 * 96 and during > 5 * before
+
+
+@pytest.mark.parametrize("bad", [{"pan_deg": -1.0}, {"pan_deg": 61.0}, {"pan_frames": 0}])
+def test_bad_pan_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="pan_"):
+        SceneConfig(**bad)
+
+
+def test_make_data_renders_panned_clips_and_refuses_a_bad_pan_before_writing(tmp_path, capsys):
+    from davss_ros.cli import main
+
+    out = tmp_path / "pan"
+    assert main(["make-data", "--out", str(out), "--train", "0", "--val", "1",
+                 "--height", "32", "--width", "64", "--frames", "20", "--pan", "15",
+                 "--workers", "1", "--quiet"]) == 0
+    meta = json.loads((out / "synthetic_val.json").read_text())
+    assert meta["knobs"] == {"look": "day", "pan_deg": 15.0, "pan_frames": 3}
+    assert "a 15 degree pan in each" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    assert main(["make-data", "--out", str(bad), "--train", "0", "--val", "1",
+                 "--pan", "90", "--quiet"]) == 2
+    assert "pan_deg must be in [0, 60]" in capsys.readouterr().err
+    assert not bad.exists()

@@ -716,3 +716,20 @@ def test_stages_0_to_3_of_a_refined_run_serve_a_run_with_another_estimator(
     assert any(k.startswith("refiner.") for k in final) == (distortion != "paper")
     assert load_checkpoint(tmp_path / "other" / "final.pt").config.model.distortion == \
         distortion
+
+
+def test_the_training_threads_setting_holds_for_opencv_too():
+    # DIS flow runs in OpenCV, whose own default is every core: two trainings meant to
+    # share a 2-core machine at one thread each would otherwise each take both
+    import cv2
+
+    from davss_ros.train.engine import setup_context
+
+    before = (torch.get_num_threads(), cv2.getNumThreads())
+    try:
+        cv2.setNumThreads(4)
+        setup_context("cpu", threads=1, progress=False)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])

@@ -115,6 +115,13 @@ class SceneConfig:
     # (what the shipped models are trained on) or dusk (dim warm light, haze that thickens
     # with distance, 3x the sensor noise): a domain shift made on demand.
     look: str = "day"
+    # A sudden pan (a robot turning on the spot, a pan-tilt head): the view turns by
+    # pan_deg degrees, direction drawn, over pan_frames frames from a frame drawn in the
+    # clip's middle third, and stays turned. Motion that changes within a clip is what
+    # adaptive key frames are for; 0 = none (the clips are then exactly those rendered
+    # before the option existed: its draws come from a stream of their own).
+    pan_deg: float = 0.0
+    pan_frames: int = 3
 
     def __post_init__(self) -> None:
         if self.look not in LOOKS:
@@ -132,6 +139,10 @@ class SceneConfig:
             raise ValueError(f"noise and blur must be >= 0, got {self.noise}, {self.blur}")
         if self.fps <= 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
+        if not 0.0 <= self.pan_deg <= 60.0:
+            raise ValueError(f"pan_deg must be in [0, 60], got {self.pan_deg}")
+        if self.pan_frames < 1:
+            raise ValueError(f"pan_frames must be >= 1, got {self.pan_frames}")
 
     @property
     def focal(self) -> float:
@@ -314,6 +325,8 @@ class _Scene:
         root = np.random.SeedSequence(cfg.seed)
         (r_knobs, r_cam, r_layout, r_traffic, r_peds, r_look, r_tex, self.noise_seed) = (
             root.spawn(8))
+        # a ninth stream, spawned after the others so that they are unchanged
+        self.pan_start, self.pan_yaw = self._pan(np.random.default_rng(root.spawn(1)[0]))
         rk = np.random.default_rng(r_knobs)
         draws = rk.random(4)
         self.turning = bool(draws[0] < 0.5) if cfg.turning is None else cfg.turning
@@ -367,6 +380,18 @@ class _Scene:
                                _uniform(rng, 0.45, 0.7)))
 
     # ---- ego camera
+    def _pan(self, rng: np.random.Generator) -> tuple[int | None, np.ndarray]:
+        """The pan's first frame (None: no pan) and its yaw per frame in radians."""
+        cfg = self.cfg
+        T = cfg.frames
+        if cfg.pan_deg == 0.0:
+            return None, np.zeros(T)
+        start = int(rng.integers(T // 3, max(T // 3 + 1, (2 * T) // 3)))
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        u = np.clip((np.arange(T) - start + 1) / cfg.pan_frames, 0.0, 1.0)
+        u = u * u * (3.0 - 2.0 * u)  # smoothstep: the turn eases in and out
+        return start, sign * math.radians(cfg.pan_deg) * u
+
     def _camera(self, rng: np.random.Generator) -> None:
         cfg = self.cfg
         T, dt = cfg.frames, 1.0 / cfg.fps
@@ -389,6 +414,7 @@ class _Scene:
             _uniform(rng, 0.5, 1.5) * t + _uniform(rng, 0, 6))
         yaw_amp = math.radians(_uniform(rng, 0.0, 1.2))
         yaw = yaw_amp * np.sin(_uniform(rng, 0.6, 2.0) * t + _uniform(rng, 0, 6))
+        yaw = yaw + self.pan_yaw
         pitch0 = math.radians(_uniform(rng, -3.0, -0.5))
         pitch = pitch0 + math.radians(_uniform(rng, 0.1, 0.5)) * np.sin(
             _uniform(rng, 6.0, 12.0) * t + _uniform(rng, 0, 6))
@@ -962,7 +988,8 @@ class _Renderer:
         info = {"turning": scene.turning, "lighting_change": scene.lighting_change,
                 "shadows": scene.shadows, "hood": scene.hood,
                 "moving_cars": scene.n_moving_cars, "pedestrians": scene.n_pedestrians,
-                "curvature": scene.road.kappa, "speed_mps": scene.ego_speed.tolist()}
+                "curvature": scene.road.kappa, "speed_mps": scene.ego_speed.tolist(),
+                "pan_start": scene.pan_start}
         return Clip(images, labels, flows, valid, depth, objs, K, poses, cfg, info)
 
     def _grade(self, rgb: np.ndarray, zbuf: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ..threads import set_threads
 from .config import StageConfig
 
 # ------------------------------------------------------------------------ processes
@@ -86,7 +87,8 @@ def setup_context(device: str = "auto", threads: int | None = None,
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     n_threads = threads or max(1, (os.cpu_count() or 1) // max(1, local_world))
-    torch.set_num_threads(n_threads)
+    # torch's and OpenCV's (DIS flow, resizes): OpenCV alone would take every core
+    set_threads(n_threads)
     return Context(device=dev, rank=rank, world=world, local_rank=local_rank,
                    progress=progress and rank == 0)
 

@@ -145,8 +145,18 @@ def run_node_bench(width: int = 640, height: int = 480, frames: int = 60, *,
             if not ok:
                 raise RuntimeError(f"frame {i}: no outputs within {timeout} s")
             info = rig.infos[key]
-            for rec in list(node.stats.frames):
-                pipeline_by_index[rec.frame_index] = rec.pipeline_ms
+            # The node records a frame after its last publish (frame_info), on its worker
+            # thread, so the record may come a moment after the outputs have arrived here.
+            deadline = time.monotonic() + timeout
+            while True:
+                for rec in list(node.stats.frames):
+                    pipeline_by_index[rec.frame_index] = rec.pipeline_ms
+                if info.frame_index in pipeline_by_index:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"frame {i}: the node published frame "
+                                       f"{info.frame_index} but never recorded it")
+                time.sleep(0.001)
             if i < warmup:
                 continue
             pipe_ms = pipeline_by_index[info.frame_index]

@@ -10,7 +10,9 @@ loop wraps it in DistributedDataParallel when there is more than one process.
 from __future__ import annotations
 
 import csv
+import ctypes
 import os
+import platform
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,35 @@ from ..threads import set_threads
 from .config import StageConfig
 
 # ------------------------------------------------------------------------ processes
+
+# glibc's mallopt parameters (malloc.h); no Python library exposes them, hence ctypes.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the
+    kernel; returns whether it could (False off glibc).
+
+    A CPU training step allocates and frees buffers of tens of megabytes (batch 8 at
+    256 x 512). By default glibc maps each one afresh and unmaps it when freed, so every
+    step faults its pages in again: with one thread, a stage-3 training spent about 45% of
+    its CPU time in the kernel, and ran at 0.09 iterations/s against 0.19 with freed memory
+    kept (two trainings side by side on 2 cores). The price is a resident size that stays
+    at the training's peak (3.8 GB against 1.7 GB for that stage). Dataloader workers
+    forked afterwards inherit the setting.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    # no mmap for large blocks (the heap serves them, and reuses them once freed), and no
+    # trimming of the heap's free top below 2 GiB
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
 
 
 @dataclass
@@ -62,7 +93,8 @@ class Context:
 
 def setup_context(device: str = "auto", threads: int | None = None,
                   progress: bool = True) -> Context:
-    """Join the process group when started by torchrun, pick the device, set threads."""
+    """Join the process group when started by torchrun, pick the device, set threads; on
+    CPU keep freed memory for reuse (:func:`keep_freed_memory`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -89,6 +121,8 @@ def setup_context(device: str = "auto", threads: int | None = None,
     n_threads = threads or max(1, (os.cpu_count() or 1) // max(1, local_world))
     # torch's and OpenCV's (DIS flow, resizes): OpenCV alone would take every core
     set_threads(n_threads)
+    if not use_cuda:
+        keep_freed_memory()
     return Context(device=dev, rank=rank, world=world, local_rank=local_rank,
                    progress=progress and rank == 0)
 
